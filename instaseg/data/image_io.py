@@ -72,7 +72,7 @@ def _to_rgb_uint8(image: Image.Image, path: Path) -> np.ndarray:
         image = image.convert("RGBA")
     if image.mode != "RGB":
         image = image.convert("RGB")  # drops alpha; converts L, LA, 1, P, CMYK, YCbCr, LAB
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)  # a writable copy: torch refuses read-only memory
     if array.ndim != 3 or array.shape[2] != 3:
         raise DataError(path, f"decoded to an unexpected shape {array.shape}")
     return array
