@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m instaseg.demo --out runs/demo
+	$(VENV)/bin/instaseg demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest
