@@ -47,7 +47,9 @@ def run_demo(
         stats = dataset_stats(dataset)
         print(format_stats(stats, title=f"== synthetic {split}"), end="\n\n")
         overlay_dir = out_dir / "overlays" / split
-        for index in tqdm(range(min(num_overlays, len(dataset))), desc=f"overlays {split}", unit="img"):
+        for index in tqdm(
+            range(min(num_overlays, len(dataset))), desc=f"overlays {split}", unit="img"
+        ):
             image, instances = dataset[index]
             name = Path(dataset.records[index].file_name).stem
             save_overlay(overlay_dir / f"{name}.png", image, instances, dataset.class_names)
@@ -65,6 +67,7 @@ def format_summary(summary: dict) -> str:
     lines = ["", "demo summary", f"  dataset   {summary['data']}"]
     for split, info in summary["splits"].items():
         lines.append(
-            f"  {split:<9} {info['images']} images, {info['instances']} instances, overlays in {info['overlays']}"
+            f"  {split:<9} {info['images']} images, {info['instances']} instances, "
+            f"overlays in {info['overlays']}"
         )
     return "\n".join(lines)

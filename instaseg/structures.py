@@ -41,18 +41,25 @@ class Instances:
         for name in ("labels", "scores", "iscrowd"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (n,):
-                raise ValueError(f"{name} must have shape [{n}] to match boxes, got {tuple(value.shape)}")
+                raise ValueError(
+                    f"{name} must have shape [{n}] to match boxes, got {tuple(value.shape)}"
+                )
         if self.masks is not None:
             expected = (n, *self.image_size)
             if tuple(self.masks.shape) != expected:
                 raise ValueError(
-                    f"masks must have shape [N, H, W] = {list(expected)}, got {list(self.masks.shape)}"
+                    f"masks must have shape [N, H, W] = {list(expected)}, "
+                    f"got {list(self.masks.shape)}"
                 )
             if self.masks.dtype != torch.bool:
-                raise TypeError(f"masks must be bool, got {self.masks.dtype}; soft masks are mask_probs")
+                raise TypeError(
+                    f"masks must be bool, got {self.masks.dtype}; soft masks are mask_probs"
+                )
 
     @staticmethod
-    def empty(image_size: tuple[int, int], with_masks: bool = True, device: Any = None) -> Instances:
+    def empty(
+        image_size: tuple[int, int], with_masks: bool = True, device: Any = None
+    ) -> Instances:
         """Zero instances in an image of `image_size` (height, width)."""
         h, w = image_size
         return Instances(
@@ -85,13 +92,17 @@ class Instances:
             raise ValueError("Instances.cat needs at least one Instances")
         size = items[0].image_size
         if any(it.image_size != size for it in items):
-            raise ValueError(f"Instances.cat needs one image_size, got {[it.image_size for it in items]}")
+            raise ValueError(
+                f"Instances.cat needs one image_size, got {[it.image_size for it in items]}"
+            )
         joined = {}
         for f in _PER_INSTANCE_FIELDS:
             values = [getattr(it, f) for it in items]
             present = [v is not None for v in values]
             if any(present) and not all(present):
-                raise ValueError(f"Instances.cat: field '{f}' is set on some items and None on others")
+                raise ValueError(
+                    f"Instances.cat: field '{f}' is set on some items and None on others"
+                )
             joined[f] = torch.cat(values) if all(present) else None
         return Instances(image_size=size, **joined)
 
@@ -107,7 +118,9 @@ class Instances:
         results = []
         for i, label in enumerate(labels):
             if category_ids is not None and not 0 <= label < len(category_ids):
-                raise ValueError(f"label {label} has no entry in category_ids (length {len(category_ids)})")
+                raise ValueError(
+                    f"label {label} has no entry in category_ids (length {len(category_ids)})"
+                )
             x0, y0, x1, y1 = boxes[i].tolist()
             entry = {
                 "image_id": int(image_id),
@@ -127,8 +140,14 @@ class Instances:
         return results
 
     def __repr__(self) -> str:
-        present = [f.name for f in fields(self) if f.name in _PER_INSTANCE_FIELDS and getattr(self, f.name) is not None]
-        return f"Instances(num_instances={len(self)}, image_size={self.image_size}, fields={present})"
+        present = [
+            f.name
+            for f in fields(self)
+            if f.name in _PER_INSTANCE_FIELDS and getattr(self, f.name) is not None
+        ]
+        return (
+            f"Instances(num_instances={len(self)}, image_size={self.image_size}, fields={present})"
+        )
 
 
 def _select(value: Tensor | None, index: Any) -> Tensor | None:

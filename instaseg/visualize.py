@@ -49,10 +49,16 @@ def draw_instances(
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be uint8 [3, H, W], got {image.dtype} {tuple(image.shape)}")
     if tuple(image.shape[1:]) != instances.image_size:
-        raise ValueError(f"image is {tuple(image.shape[1:])} but instances are for {instances.image_size}")
+        raise ValueError(
+            f"image is {tuple(image.shape[1:])} but instances are for {instances.image_size}"
+        )
     canvas = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
     colors = instance_colors(instances, len(class_names), by=color_by)
-    crowd = instances.iscrowd.cpu().numpy() if instances.iscrowd is not None else np.zeros(len(instances), bool)
+    crowd = (
+        instances.iscrowd.cpu().numpy()
+        if instances.iscrowd is not None
+        else np.zeros(len(instances), bool)
+    )
     if instances.masks is not None:
         for mask, color, is_crowd in zip(instances.masks.cpu().numpy(), colors, crowd, strict=True):
             fill = np.array([160, 160, 160]) if is_crowd else color
@@ -80,11 +86,15 @@ def _draw_boxes_and_labels(image, instances, class_names, colors, show_boxes, sh
             text = name if score is None else f"{name} {score:.2f}"
             left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
             top_y = max(0, y0 - (bottom - top) - 2)
-            draw.rectangle([x0, top_y, x0 + (right - left) + 2, top_y + (bottom - top) + 2], fill=color)
+            draw.rectangle(
+                [x0, top_y, x0 + (right - left) + 2, top_y + (bottom - top) + 2], fill=color
+            )
             draw.text((x0 + 1, top_y), text, fill=(0, 0, 0), font=font)
 
 
-def save_overlay(path: str | Path, image: Tensor, instances: Instances, class_names: list[str], **kwargs) -> Path:
+def save_overlay(
+    path: str | Path, image: Tensor, instances: Instances, class_names: list[str], **kwargs
+) -> Path:
     """Draw and write a PNG; returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

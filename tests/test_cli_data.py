@@ -15,7 +15,24 @@ from instaseg.ops.masks import segmentation_to_mask
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "data"
-    assert main(["data", "synth", "--out", str(out), "--train", "6", "--val", "3", "--size", "96", "128"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--train",
+                "6",
+                "--val",
+                "3",
+                "--size",
+                "96",
+                "128",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -38,11 +55,17 @@ def test_stats_prints_every_split_and_writes_json(synth, tmp_path, capsys):
 
 def test_show_writes_pngs_and_asks_before_replacing(synth, tmp_path, capsys):
     out = tmp_path / "show"
-    assert main(["data", "show", str(synth), "--split", "val", "--out", str(out), "--num", "2"]) == 0
+    assert (
+        main(["data", "show", str(synth), "--split", "val", "--out", str(out), "--num", "2"]) == 0
+    )
     assert len(list((out / "val").glob("*.png"))) == 2
-    assert main(["data", "show", str(synth), "--split", "val", "--out", str(out), "--num", "2"]) == 2
+    assert (
+        main(["data", "show", str(synth), "--split", "val", "--out", str(out), "--num", "2"]) == 2
+    )
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["data", "show", str(synth), "--split", "val", "--out", str(out), "--overwrite"]) == 0
+    assert (
+        main(["data", "show", str(synth), "--split", "val", "--out", str(out), "--overwrite"]) == 0
+    )
 
 
 def test_split_is_deterministic_and_loadable(synth, tmp_path):
@@ -50,12 +73,16 @@ def test_split_is_deterministic_and_loadable(synth, tmp_path):
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "a" / "val.json").read_text() == (tmp_path / "b" / "val.json").read_text()
-    train = read_dataset("coco", tmp_path / "a" / "train.json", image_root=synth / "images" / "train")
+    train = read_dataset(
+        "coco", tmp_path / "a" / "train.json", image_root=synth / "images" / "train"
+    )
     val = read_coco(tmp_path / "a" / "val.json", synth / "images" / "train")
     assert len(train) + len(val) == 6 and len(val) == 2
     # the written data.yaml points at the images: items load through it
     assert main(["data", "stats", str(tmp_path / "a")]) == 0
-    image, _ = read_dataset("coco", tmp_path / "a" / "val.json", image_root=synth / "images" / "train")[0]
+    image, _ = read_dataset(
+        "coco", tmp_path / "a" / "val.json", image_root=synth / "images" / "train"
+    )[0]
     assert image.shape[0] == 3
 
 
@@ -63,7 +90,21 @@ def test_convert_masks_folder_relative_to_src(tmp_path):
     masks = make_masks_folder(tmp_path / "cells")
     out = tmp_path / "cells.json"
     with pytest.warns(DataWarning, match="empty mask dropped"):  # the fixture has one
-        assert main(["data", "convert", "--from", "masks", str(tmp_path / "cells"), "--to", "coco", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "data",
+                    "convert",
+                    "--from",
+                    "masks",
+                    str(tmp_path / "cells"),
+                    "--to",
+                    "coco",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     gt = COCO(str(out))
     assert len(gt.imgs) == 3  # s3 has no masks/ folder: a negative
     assert len(gt.anns) == sum(len(m) for m in masks.values())
@@ -72,7 +113,10 @@ def test_convert_masks_folder_relative_to_src(tmp_path):
         assert image["file_name"].split("/")[1] == "images"
     for ann in gt.anns.values():
         image = gt.imgs[ann["image_id"]]
-        assert segmentation_to_mask(ann["segmentation"], image["height"], image["width"]).sum() == ann["area"]
+        assert (
+            segmentation_to_mask(ann["segmentation"], image["height"], image["width"]).sum()
+            == ann["area"]
+        )
 
 
 def test_convert_via_and_refuse_existing_output(tmp_path, capsys):

@@ -80,7 +80,9 @@ def test_mask_to_box_pixel_edges():
 
 def test_rle_size_mismatch_is_rejected():
     rle = mask_to_rle(np.ones((4, 4), bool))
-    with pytest.raises(ValueError, match=r"RLE size \[4, 4\] does not match the image size \[4, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"RLE size \[4, 4\] does not match the image size \[4, 5\]"
+    ):
         segmentation_to_mask(rle, 4, 5)
     with pytest.raises(ValueError, match="sum to"):
         validate_rle({"size": [2, 2], "counts": [1, 2]}, 2, 2)

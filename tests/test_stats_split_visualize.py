@@ -18,19 +18,39 @@ def square(size, h=200, w=200):
 
 def make_dataset():
     records = [
-        ImageRecord("a.png", 200, 200, [Annotation(0, square(10)), Annotation(1, square(40)), Annotation(1, square(100))], id=1),
+        ImageRecord(
+            "a.png",
+            200,
+            200,
+            [Annotation(0, square(10)), Annotation(1, square(40)), Annotation(1, square(100))],
+            id=1,
+        ),
         ImageRecord("b.png", 100, 150, [], id=2),
-        ImageRecord("c.png", 200, 200, [Annotation(0, [[0, 0, 50, 0, 50, 50, 0, 50]], iscrowd=True)], id=3),
+        ImageRecord(
+            "c.png", 200, 200, [Annotation(0, [[0, 0, 50, 0, 50, 50, 0, 50]], iscrowd=True)], id=3
+        ),
     ]
     return InstanceDataset(records, ["cat", "dog"], "/nonexistent", category_ids=[3, 17])
 
 
 def test_stats_hand_counts():
     stats = dataset_stats(make_dataset())
-    assert (stats.num_images, stats.num_instances, stats.num_negatives, stats.num_crowd) == (3, 4, 1, 1)
+    assert (stats.num_images, stats.num_instances, stats.num_negatives, stats.num_crowd) == (
+        3,
+        4,
+        1,
+        1,
+    )
     cat, dog = stats.classes
     # areas: 100 (small), 1600 (medium), 10000 (large), polygon 2500 (medium)
-    assert (cat.instances, cat.images, cat.small, cat.medium, cat.large, cat.crowd) == (2, 2, 1, 1, 0, 1)
+    assert (cat.instances, cat.images, cat.small, cat.medium, cat.large, cat.crowd) == (
+        2,
+        2,
+        1,
+        1,
+        0,
+        1,
+    )
     assert (dog.instances, dog.images, dog.small, dog.medium, dog.large) == (2, 1, 0, 1, 1)
     assert stats.size_counts == {"small": 1, "medium": 2, "large": 1}
     assert stats.instances_per_image["0"] == 1 and stats.instances_per_image["1"] == 1
@@ -68,7 +88,9 @@ def test_draw_instances_colours_mask_pixels_only():
     image = torch.zeros(3, 20, 30, dtype=torch.uint8)
     masks = torch.zeros(1, 20, 30, dtype=torch.bool)
     masks[0, 5:15, 10:20] = True
-    instances = Instances((20, 30), torch.tensor([[10.0, 5, 20, 15]]), torch.tensor([0]), masks=masks)
+    instances = Instances(
+        (20, 30), torch.tensor([[10.0, 5, 20, 15]]), torch.tensor([0]), masks=masks
+    )
     out = draw_instances(image, instances, ["thing"], show_boxes=False, show_labels=False)
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
     assert out[10, 15].sum() > 0 and out[0, 0].sum() == 0

@@ -9,7 +9,9 @@ def make(n=3, h=8, w=10, scores=True):
     masks = torch.zeros(n, h, w, dtype=torch.bool)
     for i in range(n):
         masks[i, i : i + 2, i : i + 3] = True
-    boxes = torch.tensor([[i, i, i + 3, i + 2] for i in range(n)], dtype=torch.float32).reshape(n, 4)
+    boxes = torch.tensor([[i, i, i + 3, i + 2] for i in range(n)], dtype=torch.float32).reshape(
+        n, 4
+    )
     return Instances(
         image_size=(h, w),
         boxes=boxes,
@@ -54,9 +56,16 @@ def test_length_mismatch_raises():
     with pytest.raises(ValueError, match="labels must have shape"):
         Instances((4, 4), torch.zeros(2, 4), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="masks must have shape"):
-        Instances((4, 4), torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), masks=torch.zeros(2, 4, 5, dtype=torch.bool))
+        Instances(
+            (4, 4),
+            torch.zeros(2, 4),
+            torch.zeros(2, dtype=torch.long),
+            masks=torch.zeros(2, 4, 5, dtype=torch.bool),
+        )
     with pytest.raises(TypeError, match="bool"):
-        Instances((4, 4), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), masks=torch.zeros(1, 4, 4))
+        Instances(
+            (4, 4), torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), masks=torch.zeros(1, 4, 4)
+        )
     with pytest.raises(ValueError, match=r"boxes must have shape \[N, 4\]"):
         Instances((4, 4), torch.zeros(2, 5), torch.zeros(2, dtype=torch.long))
 

@@ -40,7 +40,13 @@ def read_image_array(path: str | Path) -> np.ndarray:
                 return _to_rgb_uint8(image, path)
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombWarning,
+    ) as e:
         raise DataError(path, f"cannot decode image ({type(e).__name__}: {e})") from None
 
 

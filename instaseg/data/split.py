@@ -12,7 +12,9 @@ import hashlib
 from instaseg.data.dataset import InstanceDataset
 
 
-def split_indices(file_names: list[str], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+def split_indices(
+    file_names: list[str], val_fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
     """(train indices, val indices), each sorted; val gets round(n * val_fraction) images."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -25,7 +27,9 @@ def split_indices(file_names: list[str], val_fraction: float, seed: int = 0) -> 
     return sorted(ranked[num_val:]), sorted(ranked[:num_val])
 
 
-def split_dataset(dataset: InstanceDataset, val_fraction: float, seed: int = 0) -> tuple[InstanceDataset, InstanceDataset]:
+def split_dataset(
+    dataset: InstanceDataset, val_fraction: float, seed: int = 0
+) -> tuple[InstanceDataset, InstanceDataset]:
     """Split a dataset into (train, val) views over the same image root."""
     train, val = split_indices([r.file_name for r in dataset.records], val_fraction, seed)
     return dataset.subset(train), dataset.subset(val)

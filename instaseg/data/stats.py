@@ -68,7 +68,9 @@ def annotation_area(annotation: Annotation, height: int, width: int) -> int:
 
 def dataset_stats(dataset: InstanceDataset) -> DatasetStats:
     """Counts per class and size range, negatives, crowd, and the instances-per-image histogram."""
-    classes = [ClassStats(n, c) for n, c in zip(dataset.class_names, dataset.category_ids, strict=True)]
+    classes = [
+        ClassStats(n, c) for n, c in zip(dataset.class_names, dataset.category_ids, strict=True)
+    ]
     per_image = []
     crowd = 0
     for record in dataset.records:
@@ -116,7 +118,8 @@ def format_stats(stats: DatasetStats, title: str = "") -> str:
         f"   (COCO areas: < 32², < 96², ≥ 96²)",
         f"image HxW  {min_h}x{min_w} .. {max_h}x{max_w}",
         "",
-        f"{'class':<20} {'id':>5} {'instances':>10} {'images':>8} {'small':>7} {'medium':>7} {'large':>7}",
+        f"{'class':<20} {'id':>5} {'instances':>10} {'images':>8} "
+        f"{'small':>7} {'medium':>7} {'large':>7}",
     ]
     for c in sorted(stats.classes, key=lambda c: -c.instances):
         lines.append(

@@ -25,10 +25,14 @@ Polygons = list[list[float]]
 def validate_polygons(polygons: Sequence[Sequence[float]]) -> None:
     """Raise ValueError naming the part index when a part has < 3 points or odd length."""
     if not isinstance(polygons, (list, tuple)) or len(polygons) == 0:
-        raise ValueError("polygon segmentation must be a non-empty list of parts [x0, y0, x1, y1, ...]")
+        raise ValueError(
+            "polygon segmentation must be a non-empty list of parts [x0, y0, x1, y1, ...]"
+        )
     for k, part in enumerate(polygons):
         if not isinstance(part, (list, tuple)):
-            raise ValueError(f"polygon part {k} must be a list of numbers, got {type(part).__name__}")
+            raise ValueError(
+                f"polygon part {k} must be a list of numbers, got {type(part).__name__}"
+            )
         if len(part) % 2 != 0:
             raise ValueError(f"polygon part {k} has an odd number of coordinates ({len(part)})")
         if len(part) < 6:
@@ -49,9 +53,13 @@ def validate_rle(rle: dict, height: int, width: int) -> None:
         if any((not isinstance(c, int)) or c < 0 for c in counts):
             raise ValueError("uncompressed RLE counts must be non-negative integers")
         if sum(counts) != height * width:
-            raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, expected H*W = {height * width}")
+            raise ValueError(
+                f"uncompressed RLE counts sum to {sum(counts)}, expected H*W = {height * width}"
+            )
     elif not isinstance(counts, (str, bytes)):
-        raise ValueError(f"RLE counts must be a str, bytes or a list of ints, got {type(counts).__name__}")
+        raise ValueError(
+            f"RLE counts must be a str, bytes or a list of ints, got {type(counts).__name__}"
+        )
 
 
 def polygons_to_mask(polygons: Polygons, height: int, width: int) -> np.ndarray:
@@ -118,6 +126,35 @@ def segmentation_to_mask(segmentation: Polygons | dict, height: int, width: int)
         validate_rle(segmentation, height, width)
         return rle_to_mask(segmentation)
     return polygons_to_mask(segmentation, height, width)
+
+
+def decode_segmentation_into(
+    segmentation: Polygons | dict, out: np.ndarray
+) -> tuple[float, float, float, float]:
+    """Decode a COCO segmentation into the zeroed bool [H, W] array `out`, writing only inside
+    the object's bounding box, and return its tight xyxy box (zeros when empty).
+
+    For an RLE the box comes from the runs (no scan of the full frame), so a dataset of many
+    small objects in large images costs work in proportion to object area, and untouched pages
+    of a lazily zeroed `out` are never written.
+    """
+    h, w = out.shape
+    if isinstance(segmentation, dict):
+        validate_rle(segmentation, h, w)
+        rle = to_compressed_rle(segmentation)
+        x, y, bw, bh = (int(v) for v in coco_mask.toBbox(rle))
+        if bw == 0:
+            return 0.0, 0.0, 0.0, 0.0
+        decoded = coco_mask.decode(rle)  # uint8 [H, W], Fortran order
+    else:
+        decoded = polygons_to_mask(segmentation, h, w)
+        box = mask_to_box(decoded)
+        if box is None:
+            return 0.0, 0.0, 0.0, 0.0
+        x, y = int(box[0]), int(box[1])
+        bw, bh = int(box[2]) - x, int(box[3]) - y
+    out[y : y + bh, x : x + bw] = decoded[y : y + bh, x : x + bw]
+    return float(x), float(y), float(x + bw), float(y + bh)
 
 
 def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -223,7 +260,9 @@ def _signed_area(loop: list[tuple[int, int]]) -> float:
     return 0.5 * float(np.dot(xs, np.roll(ys, -1)) - np.dot(np.roll(xs, -1), ys))
 
 
-def _bridge_hole(polygon: list[tuple[int, int]], hole: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _bridge_hole(
+    polygon: list[tuple[int, int]], hole: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
     """Splice `hole` into `polygon` through a vertical bridge from the hole's first vertex to a
     horizontal edge of `polygon` that spans its x (such an edge exists above any hole)."""
     hx, _ = hole[0]
