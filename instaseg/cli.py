@@ -26,7 +26,9 @@ logger = logging.getLogger("instaseg")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instaseg", description="Pure-PyTorch instance segmentation.")
+    parser = argparse.ArgumentParser(
+        prog="instaseg", description="Pure-PyTorch instance segmentation."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data_commands(commands)
@@ -41,9 +43,13 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     convert = sub.add_parser("convert", help="convert a dataset to COCO json")
-    convert.add_argument("--from", dest="fmt", required=True, type=_choice(FORMATS), help="source format")
+    convert.add_argument(
+        "--from", dest="fmt", required=True, type=_choice(FORMATS), help="source format"
+    )
     convert.add_argument("src", help="source file or folder (yaml/json/root, as the format needs)")
-    convert.add_argument("--to", dest="target", default="coco", type=_choice(("coco",)), help="target format")
+    convert.add_argument(
+        "--to", dest="target", default="coco", type=_choice(("coco",)), help="target format"
+    )
     convert.add_argument("out", help="output COCO json; file_name paths are relative to SRC")
     convert.add_argument("--names", nargs="+", help="class names, where the format has none")
     convert.add_argument("--split", default="train", help="yolo: which split of the data yaml")
@@ -64,7 +70,9 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--overwrite", action="store_true", help="replace existing PNGs in --out")
     show.set_defaults(handler=_run_data_show)
 
-    split = sub.add_parser("split", help="deterministic train/val split into COCO jsons + data.yaml")
+    split = sub.add_parser(
+        "split", help="deterministic train/val split into COCO jsons + data.yaml"
+    )
     _add_data_argument(split, default_split="train")
     split.add_argument("--val", type=float, default=0.2, help="fraction for val (default 0.2)")
     split.add_argument("--seed", type=int, default=0)
@@ -78,16 +86,22 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--val", type=int, default=50, help="val images (default 50)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    synth.add_argument("--overwrite", action="store_true", help="replace files in a non-empty --out")
+    synth.add_argument(
+        "--overwrite", action="store_true", help="replace files in a non-empty --out"
+    )
     synth.set_defaults(handler=_run_data_synth)
 
 
 def _add_data_argument(parser: argparse.ArgumentParser, default_split: str | None = None) -> None:
-    parser.add_argument("data", metavar="DATA", help="dataset yaml, folder with data.yaml, or COCO json")
+    parser.add_argument(
+        "data", metavar="DATA", help="dataset yaml, folder with data.yaml, or COCO json"
+    )
     parser.add_argument(
         "--split",
         default=default_split,
-        help="which split of a yaml (default: every split)" if default_split is None else "which split",
+        help="which split of a yaml (default: every split)"
+        if default_split is None
+        else "which split",
     )
     _add_skip_bad(parser)
 
@@ -115,9 +129,13 @@ def _run_data_convert(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.fmt, src, skip_bad=args.skip_bad, names=args.names, **kwargs)
     src_dir = src if src.is_dir() else src.parent
     prefix = os.path.relpath(dataset.image_root.absolute(), src_dir.absolute())
-    write_coco(dataset, out, file_name_prefix=None if prefix == "." else prefix, overwrite=args.overwrite)
-    print(f"wrote {out}: {len(dataset)} images, {dataset.num_instances()} instances, "
-          f"{dataset.num_classes} classes; file_name is relative to {src_dir}")
+    write_coco(
+        dataset, out, file_name_prefix=None if prefix == "." else prefix, overwrite=args.overwrite
+    )
+    print(
+        f"wrote {out}: {len(dataset)} images, {dataset.num_instances()} instances, "
+        f"{dataset.num_classes} classes; file_name is relative to {src_dir}"
+    )
     return 0
 
 
@@ -166,7 +184,9 @@ def _run_data_split(args: argparse.Namespace) -> int:
         "names": dataset.class_names,
     }
     (out / "data.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"train {len(train)} images, val {len(val)} images (seed {args.seed}) -> {out / 'data.yaml'}")
+    print(
+        f"train {len(train)} images, val {len(val)} images (seed {args.seed}) -> {out / 'data.yaml'}"
+    )
     return 0
 
 
@@ -184,7 +204,9 @@ def _run_data_synth(args: argparse.Namespace) -> int:
 
 
 def _add_demo_command(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="the main job on generated data (what `make demo` runs)")
+    demo = commands.add_parser(
+        "demo", help="the main job on generated data (what `make demo` runs)"
+    )
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--train", type=int, default=200, help="synthetic train images")
     demo.add_argument("--val", type=int, default=50, help="synthetic val images")
