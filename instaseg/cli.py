@@ -171,7 +171,7 @@ def _run_data_split(args: argparse.Namespace) -> int:
     existing = [p for p in [*targets.values(), out / "data.yaml"] if p.exists()]
     if existing and not args.overwrite:
         raise DataError(existing[0], "already exists; pass --overwrite to replace the split")
-    (_, dataset), *rest = _datasets(args)
+    [(_, dataset)] = _datasets(args)  # --split defaults to train: always one
     train, val = split_dataset(dataset, args.val, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", train), ("val", val)):
@@ -184,9 +184,8 @@ def _run_data_split(args: argparse.Namespace) -> int:
         "names": dataset.class_names,
     }
     (out / "data.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    print(
-        f"train {len(train)} images, val {len(val)} images (seed {args.seed}) -> {out / 'data.yaml'}"
-    )
+    summary = f"train {len(train)} images, val {len(val)} images (seed {args.seed})"
+    print(f"{summary} -> {out / 'data.yaml'}")
     return 0
 
 
