@@ -1,1 +1,42 @@
 """Pure tensor and array functions: box geometry and mask codecs. No module state, no I/O."""
+
+from instaseg.ops.anchors import AnchorGenerator
+from instaseg.ops.box_coder import decode_boxes, encode_boxes
+from instaseg.ops.boxes import (
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_ioa,
+    box_iou,
+    box_xywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    box_xyxy_to_xywh,
+    clip_boxes,
+    generalized_box_iou,
+    masks_to_boxes,
+)
+from instaseg.ops.nms import batched_nms, nms
+from instaseg.ops.paste import paste_masks_in_image
+from instaseg.ops.poolers import assign_fpn_levels, roi_pool_levels
+from instaseg.ops.roi_align import roi_align
+
+__all__ = [
+    "AnchorGenerator",
+    "assign_fpn_levels",
+    "batched_nms",
+    "box_area",
+    "box_cxcywh_to_xyxy",
+    "box_ioa",
+    "box_iou",
+    "box_xywh_to_xyxy",
+    "box_xyxy_to_cxcywh",
+    "box_xyxy_to_xywh",
+    "clip_boxes",
+    "decode_boxes",
+    "encode_boxes",
+    "generalized_box_iou",
+    "masks_to_boxes",
+    "nms",
+    "paste_masks_in_image",
+    "roi_align",
+    "roi_pool_levels",
+]

@@ -62,3 +62,55 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     y1 = torch.where(rows, y_index + 1, 0).amax(dim=1)
     boxes = torch.stack([x0, y0, x1, y1], dim=-1).float()
     return torch.where(masks.flatten(1).any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def _pairwise_intersection(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection areas of xyxy boxes a: [N, 4], b: [M, 4] -> [N, M]."""
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    size = (bottom_right - top_left).clamp(min=0)  # [N, M, 2]
+    return size[..., 0] * size[..., 1]
+
+
+def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, with 0 where the denominator is not positive."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1), 0)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of xyxy boxes. a: [N, 4], b: [M, 4] -> [N, M].
+
+    No "+1" in widths. A pair whose union is empty (two zero-area boxes) has IoU 0, where
+    torchvision returns NaN; for well-formed boxes (x1 >= x0, y1 >= y0) every other value is
+    bit-identical to torchvision's.
+    """
+    inter = _pairwise_intersection(a, b)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return _safe_divide(inter, union)
+
+
+def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise generalised IoU (Rezatofighi et al. 2019) of xyxy boxes. a: [N, 4], b: [M, 4]
+    -> [N, M] in [-1, 1].
+
+    GIoU = IoU - (|C| - |A u B|) / |C|, C the smallest box enclosing both. Boxes should satisfy
+    x1 >= x0 and y1 >= y0; a pair with an empty enclosing box (two identical points) gives 0.
+    """
+    inter = _pairwise_intersection(a, b)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    iou = _safe_divide(inter, union)
+    top_left = torch.minimum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.maximum(a[:, None, 2:], b[None, :, 2:])
+    size = (bottom_right - top_left).clamp(min=0)  # [N, M, 2]
+    enclosing = size[..., 0] * size[..., 1]
+    return iou - _safe_divide(enclosing - union, enclosing)
+
+
+def box_ioa(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise intersection over the area of the second box. a: [N, 4], b: [M, 4] -> [N, M].
+
+    Entry (i, j) is |a_i n b_j| / |b_j|: the fraction of b_j covered by a_i; 0 when b_j has
+    zero area.
+    """
+    return _safe_divide(_pairwise_intersection(a, b), box_area(b)[None, :])
