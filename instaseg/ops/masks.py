@@ -22,12 +22,18 @@ from scipy import ndimage
 Polygons = list[list[float]]
 
 
-def validate_polygons(polygons: Sequence[Sequence[float]]) -> None:
-    """Raise ValueError naming the part index when a part has < 3 points or odd length."""
+def polygon_parts(polygons: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """Validated COCO polygon parts as float64 arrays [2K] (x0, y0, x1, y1, ...).
+
+    Raises ValueError naming the part index when a part is not a list of finite numbers, has
+    an odd number of coordinates or fewer than 3 points. Vectorised per part: a COCO json can
+    hold millions of coordinates.
+    """
     if not isinstance(polygons, (list, tuple)) or len(polygons) == 0:
         raise ValueError(
             "polygon segmentation must be a non-empty list of parts [x0, y0, x1, y1, ...]"
         )
+    parts = []
     for k, part in enumerate(polygons):
         if not isinstance(part, (list, tuple)):
             raise ValueError(
@@ -37,8 +43,16 @@ def validate_polygons(polygons: Sequence[Sequence[float]]) -> None:
             raise ValueError(f"polygon part {k} has an odd number of coordinates ({len(part)})")
         if len(part) < 6:
             raise ValueError(f"polygon part {k} has {len(part) // 2} points; at least 3 are needed")
-        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in part):
+        values = np.asarray(part)
+        if values.ndim != 1 or values.dtype.kind not in "iuf" or not np.isfinite(values).all():
             raise ValueError(f"polygon part {k} has a coordinate that is not a finite number")
+        parts.append(values.astype(np.float64))
+    return parts
+
+
+def validate_polygons(polygons: Sequence[Sequence[float]]) -> None:
+    """Raise ValueError naming the part index when a part has < 3 points or odd length."""
+    polygon_parts(polygons)
 
 
 def validate_rle(rle: dict, height: int, width: int) -> None:
@@ -64,8 +78,8 @@ def validate_rle(rle: dict, height: int, width: int) -> None:
 
 def polygons_to_mask(polygons: Polygons, height: int, width: int) -> np.ndarray:
     """Rasterise COCO polygons (parts unioned) to a bool mask [height, width]."""
-    validate_polygons(polygons)
-    rles = coco_mask.frPyObjects([list(map(float, p)) for p in polygons], height, width)
+    parts = [part.tolist() for part in polygon_parts(polygons)]
+    rles = coco_mask.frPyObjects(parts, height, width)
     return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
 
 

@@ -16,13 +16,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pycocotools.mask as coco_mask
 import yaml
 
 from instaseg.data.errors import DataError, DataWarning, where
 from instaseg.data.image_io import IMAGE_SUFFIXES, read_image_size
-from instaseg.ops.masks import validate_rle
+from instaseg.ops.masks import polygon_parts, validate_rle
 
 _EXAMPLES_SHOWN = 5
 _MAX_LINK_FILE_BYTES = 4096
@@ -117,28 +116,6 @@ def segmentation_area(segmentation: Any, height: int, width: int) -> int:
         return int(coco_mask.area(rle))
     kind = type(segmentation).__name__
     raise ValueError(f"must be a list of polygons or an RLE dict, got {kind}")
-
-
-def polygon_parts(segmentation: list) -> list[np.ndarray]:
-    """COCO polygon parts as float64 arrays [2K] (x0, y0, x1, y1, ...), checked as
-    ops.masks.validate_polygons does but vectorised: a COCO json holds millions of coordinates."""
-    if not segmentation:
-        raise ValueError("polygon segmentation must be a non-empty list of parts [x0, y0, ...]")
-    parts = []
-    for k, part in enumerate(segmentation):
-        if not isinstance(part, (list, tuple)):
-            raise ValueError(
-                f"polygon part {k} must be a list of numbers, got {type(part).__name__}"
-            )
-        if len(part) % 2 != 0:
-            raise ValueError(f"polygon part {k} has an odd number of coordinates ({len(part)})")
-        if len(part) < 6:
-            raise ValueError(f"polygon part {k} has {len(part) // 2} points; at least 3 are needed")
-        values = np.asarray(part)
-        if values.ndim != 1 or values.dtype.kind not in "iuf" or not np.isfinite(values).all():
-            raise ValueError(f"polygon part {k} has a coordinate that is not a finite number")
-        parts.append(values.astype(np.float64))
-    return parts
 
 
 def rle_string_runs(counts: str | bytes) -> list[int]:

@@ -37,10 +37,9 @@ from instaseg.data.formats._common import (
     is_int,
     is_number,
     load_json,
-    polygon_parts,
     segmentation_area,
 )
-from instaseg.ops.masks import to_compressed_rle, validate_rle
+from instaseg.ops.masks import polygon_parts, to_compressed_rle, validate_rle
 
 _TOP_LEVEL_KEYS = ("images", "annotations", "categories")
 _BBOX_TOLERANCE = 1.0  # pixels a json bbox may overhang its image before we say so
