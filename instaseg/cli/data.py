@@ -1,17 +1,16 @@
-"""The `instaseg` command line. The only module that reads sys.argv or config files."""
+"""`instaseg data {convert,stats,show,split,synth}` and `instaseg demo`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
+from instaseg.cli.common import choice
 from instaseg.data.config import find_config, load_data_config, resolve_dataset
 from instaseg.data.dataset import InstanceDataset
 from instaseg.data.errors import DataError
@@ -22,33 +21,19 @@ from instaseg.data.synth import generate_synthetic
 from instaseg.demo import run_demo
 from instaseg.visualize import save_overlay
 
-logger = logging.getLogger("instaseg")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="instaseg", description="Pure-PyTorch instance segmentation."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_data_commands(commands)
-    _add_eval_command(commands)
-    _add_demo_command(commands)
-    return parser
-
-
-def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+def add_data_commands(commands: argparse._SubParsersAction) -> None:
     """`instaseg data {convert,stats,show,split,synth}`."""
     data = commands.add_parser("data", help="convert, inspect, split and generate datasets")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     convert = sub.add_parser("convert", help="convert a dataset to COCO json")
     convert.add_argument(
-        "--from", dest="fmt", required=True, type=_choice(FORMATS), help="source format"
+        "--from", dest="fmt", required=True, type=choice(FORMATS), help="source format"
     )
     convert.add_argument("src", help="source file or folder (yaml/json/root, as the format needs)")
     convert.add_argument(
-        "--to", dest="target", default="coco", type=_choice(("coco",)), help="target format"
+        "--to", dest="target", default="coco", type=choice(("coco",)), help="target format"
     )
     convert.add_argument("out", help="output COCO json; file_name paths are relative to SRC")
     convert.add_argument("--names", nargs="+", help="class names, where the format has none")
@@ -66,7 +51,7 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     _add_data_argument(show)
     show.add_argument("--out", required=True, help="folder for the PNGs")
     show.add_argument("--num", type=int, default=16, help="how many images (default 16; 0 = all)")
-    show.add_argument("--color-by", default="class", type=_choice(("class", "instance")))
+    show.add_argument("--color-by", default="class", type=choice(("class", "instance")))
     show.add_argument("--overwrite", action="store_true", help="replace existing PNGs in --out")
     show.set_defaults(handler=_run_data_show)
 
@@ -202,7 +187,7 @@ def _run_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo_command(commands: argparse._SubParsersAction) -> None:
+def add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="the main job on generated data (what `make demo` runs)"
     )
@@ -216,151 +201,3 @@ def _add_demo_command(commands: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     run_demo(args.out, num_train=args.train, num_val=args.val, seed=args.seed)
     return 0
-
-
-def _add_eval_command(commands: argparse._SubParsersAction) -> None:
-    """`instaseg eval`."""
-    parser = commands.add_parser(
-        "eval",
-        help="score predictions against ground truth (COCO / LVIS AP, cell metrics, PQ)",
-        description="COCO metrics print the 12-number table per IoU type and the per-class AP. "
-        "LVIS-style evaluation is used when the gt carries LVIS fields. `--metrics panoptic` "
-        "reads COCO panoptic json; its PNGs are next to each json unless given.",
-    )
-    parser.add_argument("--gt", required=True, help="ground-truth COCO (or panoptic) json")
-    parser.add_argument("--pred", required=True, help="COCO results json (or panoptic json)")
-    parser.add_argument(
-        "--metrics",
-        nargs="+",
-        default=["coco"],
-        type=_choice(_EVAL_METRICS),
-        metavar="M",
-        help=f"one or more of {', '.join(_EVAL_METRICS)} (default: coco)",
-    )
-    parser.add_argument(
-        "--iou-type",
-        nargs="+",
-        default=["segm", "bbox", "boundary"],
-        metavar="T",
-        type=_choice(("segm", "bbox", "boundary")),
-        help="COCO IoU types (default: all three)",
-    )
-    parser.add_argument("--out", help="write the metrics to this json file")
-    parser.add_argument("--plots", metavar="DIR", help="write PR curves and per-class AP PNGs here")
-    parser.add_argument(
-        "--max-dets", type=int, help="COCO: per image and class (100); LVIS: per image (300)"
-    )
-    parser.add_argument(
-        "--protocol",
-        default="auto",
-        type=_choice(("auto", "coco", "lvis")),
-        help="auto: LVIS when the gt has neg_category_ids, not_exhaustive_category_ids, frequency",
-    )
-    parser.add_argument(
-        "--score-thr", type=float, default=0.5, help="cells: keep detections scoring >= this"
-    )
-    parser.add_argument(
-        "--tolerance", type=int, default=2, help="cells: boundary F tolerance in px"
-    )
-    parser.add_argument(
-        "--by-image", action="store_true", help="cells: average per image, not pooled"
-    )
-    parser.add_argument("--gt-pngs", metavar="DIR", help="panoptic: gt PNG folder")
-    parser.add_argument("--pred-pngs", metavar="DIR", help="panoptic: predicted PNG folder")
-    parser.set_defaults(handler=_run_eval)
-
-
-_EVAL_METRICS = ("coco", "cells", "panoptic")
-
-
-def _choice(valid: tuple[str, ...]):
-    """argparse type accepting one of `valid`, suggesting the closest on a typo."""
-    import difflib
-
-    def parse(value: str) -> str:
-        if value in valid:
-            return value
-        close = difflib.get_close_matches(value, valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise argparse.ArgumentTypeError(f"'{value}' is not one of {', '.join(valid)}{hint}")
-
-    return parse
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from instaseg.data.errors import DataError
-
-    metrics = list(dict.fromkeys(args.metrics))
-    if "panoptic" in metrics and len(metrics) > 1:
-        raise SystemExit("instaseg eval: --metrics panoptic reads panoptic json; run it on its own")
-    try:
-        report = _eval_panoptic(args) if metrics == ["panoptic"] else _eval_instances(args, metrics)
-    except DataError as error:
-        logging.getLogger("instaseg").error("instaseg eval: %s", error)
-        return 1
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
-    return 0
-
-
-def _eval_instances(args: argparse.Namespace, metrics: list[str]) -> dict:
-    """COCO and / or cell metrics of a COCO results json; prints the tables."""
-    from instaseg.eval import cell_metrics_from_coco, evaluate, plot_per_class_ap, plot_pr_curves
-    from instaseg.eval.report import format_cells, format_coco, format_per_class
-
-    report = {}
-    if "coco" in metrics:
-        lvis = {"auto": None, "coco": False, "lvis": True}[args.protocol]
-        result = evaluate(
-            args.gt, args.pred, iou_types=args.iou_type, max_dets=args.max_dets, lvis=lvis
-        )
-        print(format_coco(result), end="\n\n")
-        print(format_per_class(result), end="\n\n")
-        report.update(result.to_dict())
-        if args.plots:
-            paths = [*plot_pr_curves(result, args.plots), plot_per_class_ap(result, args.plots)]
-            print(f"wrote {len(paths)} plots to {args.plots}")
-    if "cells" in metrics:
-        cells = cell_metrics_from_coco(
-            args.gt,
-            args.pred,
-            score_threshold=args.score_thr,
-            boundary_tolerance=args.tolerance,
-            by_image=args.by_image,
-        )
-        print(format_cells(cells), end="\n\n")
-        report["cells"] = cells.to_dict()
-    return report
-
-
-def _eval_panoptic(args: argparse.Namespace) -> dict:
-    from instaseg.eval import panoptic_quality
-    from instaseg.eval.report import format_panoptic
-
-    result = panoptic_quality(
-        args.gt, args.pred, gt_folder=args.gt_pngs, pred_folder=args.pred_pngs
-    )
-    print(format_panoptic(result), end="\n\n")
-    return {"panoptic": result.to_dict()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    try:
-        return int(args.handler(args) or 0)
-    except (ValueError, OSError) as error:  # DataError is a ValueError: the user's input
-        if args.verbose:
-            raise
-        print(f"instaseg: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
