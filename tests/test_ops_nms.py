@@ -159,3 +159,17 @@ def test_cuda_matches_cpu():
     assert nms(boxes.cuda(), scores.cuda(), 0.5).cpu().tolist() == nms(boxes, scores, 0.5).tolist()
     got = batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu()
     assert got.tolist() == batched_nms(boxes, scores, idxs, 0.5).tolist()
+
+
+@pytest.mark.parametrize(("num", "k", "categories"), [(3000, 100, 20), (400, 300, 3), (30, 50, 2)])
+def test_batched_nms_top_k_equals_the_head_of_batched_nms(num, k, categories):
+    from instaseg.ops import batched_nms_top_k
+
+    generator = torch.Generator().manual_seed(num)
+    corner = torch.rand(num, 2, generator=generator) * 300
+    boxes = torch.cat([corner, corner + torch.rand(num, 2, generator=generator) * 80 + 1], dim=1)
+    scores = torch.rand(num, generator=generator).round(decimals=2)  # many ties
+    idxs = torch.randint(0, categories, (num,), generator=generator)
+    want = batched_nms(boxes, scores, idxs, 0.5)[:k]
+    assert torch.equal(batched_nms_top_k(boxes, scores, idxs, 0.5, k), want)
+    assert batched_nms_top_k(boxes, scores, idxs, 0.5, 0).numel() == 0

@@ -102,3 +102,43 @@ def test_rejects_bad_pyramids():
         roi_pool_levels(features, strides, boxes[:1], 7)
     with pytest.raises(ValueError, match="boxes\\[1\\]"):
         roi_pool_levels(features, strides, [torch.zeros(0, 4), torch.zeros(2, 5)], 7)
+
+
+@pytest.mark.parametrize("sampling_ratio", [-1, 1, 3])
+def test_other_sampling_ratios_pool_each_box_from_its_level(sampling_ratio):
+    # ratios up to 2 pool all levels as one bag of taps, others level by level: same results
+    generator = torch.Generator().manual_seed(2)
+    features, strides = _pyramid(generator, num_images=1, size=256)
+    boxes = [
+        torch.tensor(
+            [_square(200, 10, 20), _square(20, 5, 5), _square(90, 30, 50)], dtype=torch.float64
+        )
+    ]
+    got = roi_pool_levels(features, strides, boxes, 4, sampling_ratio=sampling_ratio)
+    for k, level in enumerate([3, 2, 2]):  # sides 200, 20, 90
+        rois = torch.cat([torch.zeros(1, 1, dtype=torch.float64), boxes[0][k : k + 1]], dim=1)
+        want = roi_align(features[level - 2], rois, 4, 1.0 / strides[level - 2], sampling_ratio)
+        torch.testing.assert_close(got[k : k + 1], want, rtol=0, atol=1e-12)
+
+
+def test_stacked_levels_pool_the_same_without_restacking():
+    from instaseg.ops.poolers import stack_levels
+
+    generator = torch.Generator().manual_seed(3)
+    features, strides = _pyramid(generator, size=128)
+    features[2] = features[2].contiguous(memory_format=torch.channels_last)
+    boxes = [
+        torch.tensor([_square(100, 5, 5), _square(20, 40, 30)], dtype=torch.float64),
+        torch.tensor([_square(60, 10, 10)], dtype=torch.float64),
+    ]
+    leaves = [f.clone().requires_grad_() for f in features]
+    stacked = stack_levels(leaves)
+    assert all(torch.equal(a, b) for a, b in zip(stacked, features, strict=True))
+    assert all(s.is_contiguous(memory_format=torch.channels_last) for s in stacked)
+    got = roi_pool_levels(stacked, strides, boxes, 5)
+    torch.testing.assert_close(got, roi_pool_levels(features, strides, boxes, 5), rtol=0, atol=0)
+    got.sum().backward()
+    plain = [f.clone().requires_grad_() for f in features]
+    roi_pool_levels(plain, strides, boxes, 5).sum().backward()
+    for a, b in zip(leaves, plain, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)

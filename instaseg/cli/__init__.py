@@ -12,6 +12,7 @@ import sys
 
 from instaseg.cli.data import add_data_commands, add_demo_command
 from instaseg.cli.evaluate import add_eval_command
+from instaseg.cli.models import add_model_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_commands(commands)
+    add_model_commands(commands)
     add_eval_command(commands)
     add_demo_command(commands)
     return parser
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, OSError) as error:  # DataError is a ValueError: the user's input
+    except (ValueError, TypeError, OSError) as error:  # the user's input (DataError too)
         if args.verbose:
             raise
         print(f"instaseg: error: {error}", file=sys.stderr)

@@ -82,7 +82,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place: a fresh tensor that no backward needs
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -117,7 +118,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))  # [B, planes, H, W]
         out = self.relu(self.bn2(self.conv2(out)))  # [B, planes, H / stride, W / stride]
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place: a fresh tensor that no backward needs
+        return self.relu(out)
 
 
 def _make_stage(

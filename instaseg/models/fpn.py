@@ -122,7 +122,7 @@ class FPN(nn.Module):
             # size=, not scale_factor=2: strides divide with ceiling, so an odd-sized level is
             # one pixel smaller than twice the next coarser one
             top_down = F.interpolate(merged, size=lateral.shape[-2:], mode="nearest")
-            merged = lateral + top_down
+            merged = lateral.add_(top_down)  # in place: no backward needs the lateral output
             outputs.insert(0, self.output_convs[index](merged))
         outputs += self._extra(outputs[-1], inputs[-1])
         return OrderedDict(zip(self.names, outputs, strict=True))

@@ -14,7 +14,7 @@ from instaseg.ops.boxes import (
     generalized_box_iou,
     masks_to_boxes,
 )
-from instaseg.ops.nms import batched_nms, nms
+from instaseg.ops.nms import batched_nms, batched_nms_top_k, nms
 from instaseg.ops.paste import paste_masks_in_image
 from instaseg.ops.poolers import assign_fpn_levels, roi_pool_levels
 from instaseg.ops.roi_align import roi_align
@@ -23,6 +23,7 @@ __all__ = [
     "AnchorGenerator",
     "assign_fpn_levels",
     "batched_nms",
+    "batched_nms_top_k",
     "box_area",
     "box_cxcywh_to_xyxy",
     "box_ioa",

@@ -45,6 +45,32 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     return _greedy_nms(boxes, scores, idxs, iou_threshold)
 
 
+def batched_nms_top_k(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, k: int
+) -> Tensor:
+    """The first k results of `batched_nms`, computed from the best-scoring boxes only.
+
+    Exact: greedy NMS decides a box from the higher-scoring boxes alone, so NMS over the top M
+    boxes (by decreasing score, ties by lower index) makes the same decisions for them as NMS
+    over all; once it keeps k of them, no lower-scoring box can enter the first k. M starts at
+    4k and grows fourfold until k boxes are kept or every box was visited. Same arguments as
+    `batched_nms`, plus k >= 0 -> int64 [min(k, K)] indices, by decreasing score.
+    """
+    _check_inputs(boxes, scores)
+    if idxs.shape != scores.shape:
+        raise ValueError(f"idxs must have shape {tuple(scores.shape)}, got {tuple(idxs.shape)}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    order = torch.sort(scores.detach(), descending=True, stable=True).indices
+    visited = 4 * max(k, 1)
+    while True:
+        top = order[:visited]
+        keep = _greedy_nms(boxes[top], scores[top], idxs[top], iou_threshold)
+        if keep.numel() >= k or visited >= order.numel():
+            return top[keep[:k]]
+        visited *= 4
+
+
 def _check_inputs(boxes: Tensor, scores: Tensor) -> None:
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from instaseg.ops.boxes import box_area
-from instaseg.ops.roi_align import roi_align
+from instaseg.ops.layout import to_channels_last
+from instaseg.ops.roi_align import feature_rows, pool_taps, roi_align, roi_align_taps
 
 
 def assign_fpn_levels(
@@ -57,7 +58,11 @@ def roi_pool_levels(
     if len(features) == 1 or rois.shape[0] == 0:
         return roi_align(features[0], rois, output_size, 1.0 / strides[0], sampling_ratio, aligned)
     target = assign_fpn_levels(rois[:, 1:], levels[0], levels[-1], canonical_scale, canonical_level)
-    pieces, order = [], []
+    if 0 < sampling_ratio <= 2:
+        return _pool_as_one_bag(
+            features, strides, levels, rois, target, output_size, sampling_ratio, aligned
+        )
+    result = None
     for level, feature, stride in zip(levels, features, strides, strict=True):
         selected = torch.nonzero(target == level).flatten()
         if selected.numel() == 0:
@@ -65,9 +70,98 @@ def roi_pool_levels(
         pooled = roi_align(
             feature, rois[selected], output_size, 1.0 / stride, sampling_ratio, aligned
         )
-        pieces.append(pooled)
-        order.append(selected)
-    return torch.cat(pieces)[torch.argsort(torch.cat(order))]
+        if selected.numel() == rois.shape[0]:
+            return pooled  # every box on one level, already in order
+        if result is None:
+            # one copy into place per level, in the pooled tensors' memory layout
+            shape = (rois.shape[0], *pooled.shape[1:])
+            result = torch.empty(
+                shape, dtype=pooled.dtype, device=pooled.device, memory_format=_layout(pooled)
+            )
+        result.index_copy_(0, selected, pooled)
+    return result
+
+
+def _pool_as_one_bag(
+    features: list[Tensor],
+    strides: list[int],
+    levels: list[int],
+    rois: Tensor,
+    target: Tensor,
+    output_size: int | tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """All levels in one `pool_taps` call over the stacked rows of every level: each RoI's taps
+    point into its own level's rows, and the bins come out in input order, with no per-level
+    results to copy into place."""
+    work_dtype = torch.promote_types(features[0].dtype, torch.float32)
+    if work_dtype not in (torch.float32, torch.float64):
+        work_dtype = torch.float32
+    rows, index, weight, offset = [], None, None, 0
+    for level, feature, stride in zip(levels, features, strides, strict=True):
+        rows.append(feature_rows(feature, work_dtype))
+        selected = torch.nonzero(target == level).flatten()
+        if selected.numel() > 0:
+            level_index, level_weight = roi_align_taps(
+                tuple(feature.shape),
+                rois[selected],
+                output_size,
+                1.0 / stride,
+                sampling_ratio,
+                aligned,
+            )
+            if index is None:
+                bins = level_index.shape[0] // selected.numel()
+                index = level_index.new_empty((rois.shape[0], bins, level_index.shape[1]))
+                weight = level_weight.new_empty(index.shape)
+            index[selected] = level_index.view(selected.numel(), -1, index.shape[2]) + offset
+            weight[selected] = level_weight.view(selected.numel(), -1, index.shape[2])
+        offset += rows[-1].shape[0]
+    pooled = pool_taps(_stack_rows(rows), index.flatten(0, 1), weight.flatten(0, 1))
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    pooled = pooled.view(rois.shape[0], out_h, out_w, -1).permute(0, 3, 1, 2)
+    return pooled.to(features[0].dtype)
+
+
+def _stack_rows(rows: list[Tensor]) -> Tensor:
+    """torch.cat(rows) for [P_l, C] row blocks, without copying when the blocks already lie
+    back to back in one buffer (see `stack_levels`)."""
+    first = rows[0]
+    itemsize = first.element_size()
+    adjacent = all(
+        block.is_contiguous()
+        and block.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and block.data_ptr() == previous.data_ptr() + previous.numel() * itemsize
+        for previous, block in zip(rows, rows[1:], strict=False)
+    )
+    if not (adjacent and first.is_contiguous()):
+        return torch.cat(rows)
+    total = sum(block.shape[0] for block in rows)
+    return first.as_strided((total, first.shape[1]), first.stride())
+
+
+def stack_levels(features: list[Tensor]) -> list[Tensor]:
+    """The pyramid levels [N, C, H_l, W_l] copied channels-last into one buffer, back to back,
+    as views with the input shapes. `roi_pool_levels` then pools all levels from that buffer
+    without stacking them again; converting the levels to channels-last costs the same copy."""
+    channels = features[0].shape[1]
+    sizes = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
+    dtype = torch.promote_types(features[0].dtype, torch.float32)
+    if dtype not in (torch.float32, torch.float64):
+        dtype = torch.float32
+    buffer = features[0].new_empty((sum(sizes), channels), dtype=dtype)
+    starts = [sum(sizes[:level]) for level in range(len(sizes))]
+    # narrow, not split: autograd lets single views be written in place
+    return [
+        to_channels_last(feature, out=buffer.narrow(0, start, size))
+        for feature, start, size in zip(features, starts, sizes, strict=True)
+    ]
+
+
+def _layout(tensor: Tensor) -> torch.memory_format:
+    channels_last = tensor.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _check_pyramid(features: list[Tensor], strides: list[int], boxes: list[Tensor]) -> list[int]:
