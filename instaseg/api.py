@@ -132,8 +132,8 @@ class Model:
         the best weights. Returns the trainer's summary.
         """
         train_set, val_set = _train_val_datasets(data, skip_bad)
+        torch.manual_seed(seed)  # before building, so a new network's initial weights follow it
         self._prepare_for(train_set, imgsz)
-        torch.manual_seed(seed)
         self.device = torch.device(device)
         network = self.network.to(self.device)
         lr = lr if lr is not None else DEFAULT_LR.get(optimizer, 1e-3)

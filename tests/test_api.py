@@ -134,3 +134,15 @@ def test_cli_model_options_are_checked(data, tmp_path, capsys):
     assert "did you mean box_head" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--model-opt", "no-equals-sign"])
+
+
+def test_train_seed_fixes_the_initial_network(data, tmp_path):
+    weights = []
+    for global_seed in (1, 2):  # a different global RNG state before each run
+        torch.manual_seed(global_seed)
+        model = instaseg.load_model("mask_rcnn_r18_fpn", **TINY)
+        model.train(
+            data, epochs=1, imgsz=64, batch=2, workers=0, out=tmp_path / str(global_seed), seed=7
+        )
+        weights.append(load_weights(tmp_path / str(global_seed) / "last.safetensors")[0])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
