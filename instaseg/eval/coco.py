@@ -21,7 +21,14 @@ from faster_coco_eval import COCO, COCOeval_faster
 from instaseg.data.errors import DataWarning
 from instaseg.eval.boundary import BoundaryCOCOeval
 from instaseg.eval.inputs import MASK_IOU_TYPES, GroundTruth, load_ground_truth, load_predictions
-from instaseg.eval.lvis import LVIS_MAX_DETS, cap_per_image, is_lvis, lvis_stat_keys, validate_lvis
+from instaseg.eval.lvis import (
+    AP_STAT_KEYS,
+    LVIS_MAX_DETS,
+    cap_per_image,
+    is_lvis,
+    lvis_stat_keys,
+    validate_lvis,
+)
 from instaseg.structures import Instances
 
 logger = logging.getLogger(__name__)
@@ -38,12 +45,7 @@ def coco_stat_keys(max_dets: int) -> dict[str, str]:
         else ("AR_1", "AR_10", f"AR_{max_dets}")
     )
     return {
-        "AP": "AP_all",
-        "AP50": "AP_50",
-        "AP75": "AP_75",
-        "APs": "AP_small",
-        "APm": "AP_medium",
-        "APl": "AP_large",
+        **AP_STAT_KEYS,
         "AR1": ar[0],
         "AR10": ar[1],
         f"AR{max_dets}": ar[2],

@@ -85,15 +85,21 @@ def cap_per_image(results: list[dict], max_dets: int) -> list[dict]:
     return kept
 
 
+# The six AP figures COCO and LVIS share: our name -> faster-coco-eval `stats_as_dict` label.
+AP_STAT_KEYS = {
+    "AP": "AP_all",
+    "AP50": "AP_50",
+    "AP75": "AP_75",
+    "APs": "AP_small",
+    "APm": "AP_medium",
+    "APl": "AP_large",
+}
+
+
 def lvis_stat_keys(max_dets: int) -> dict[str, str]:
     """Our metric names -> faster-coco-eval `stats_as_dict` labels, in LVIS's reporting order."""
     return {
-        "AP": "AP_all",
-        "AP50": "AP_50",
-        "AP75": "AP_75",
-        "APs": "AP_small",
-        "APm": "AP_medium",
-        "APl": "AP_large",
+        **AP_STAT_KEYS,
         "APr": "APr",
         "APc": "APc",
         "APf": "APf",
