@@ -207,11 +207,30 @@ class MaskRCNN(nn.Module):
     def predict(self, images: list[Tensor]) -> list[Instances]:
         """Detections of each uint8 image [3, H_i, W_i]: boxes (clipped), scores, labels and
         bool masks [D, H_i, W_i], all in the image's original frame, best first."""
+        batch = self.preprocess(images)
+        return self.postprocess(self.infer(batch), batch)
+
+    # Inference in three stages, so that `instaseg bench` can time each one:
+    # preprocess (resize, normalise, pad) -> infer (the network, including the RPN's and
+    # the box head's NMS) -> postprocess (boxes to the original frame, masks pasted).
+
+    def preprocess(self, images: list[Tensor]) -> ImageBatch:
+        """uint8 images [3, H_i, W_i] -> a normalised, resized, padded ImageBatch."""
         check_images(images)
-        batch = self._batch(images)
+        return self._batch(images)
+
+    @torch.no_grad()
+    def infer(self, batch: ImageBatch) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per image: boxes [D, 4] (model frame), scores [D], labels [D] and mask
+        probabilities [D, 28, 28], best first."""
         features = self._features(batch)
         proposals, _ = self.rpn(features, batch)
-        detections = self.roi_heads.predict(features, batch, proposals)
+        return self.roi_heads.predict(features, batch, proposals)
+
+    def postprocess(
+        self, detections: list[tuple[Tensor, Tensor, Tensor, Tensor]], batch: ImageBatch
+    ) -> list[Instances]:
+        """`infer`'s detections -> Instances in each image's original frame."""
         results = []
         for index, (boxes, scores, labels, mask_probs) in enumerate(detections):
             original_boxes = boxes_to_original(boxes, batch, index)
