@@ -141,7 +141,8 @@ def test_missing_data_is_a_clean_error(tmp_path, capsys):
 
 
 def test_demo_writes_overlays_and_summary(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--train", "4", "--val", "2"]) == 0
+    out = str(tmp_path / "demo")
+    assert main(["demo", "--out", out, "--train", "4", "--val", "2", "--minutes", "0"]) == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["splits"]["train"]["images"] == 4
     assert list((tmp_path / "demo" / "overlays" / "val").glob("*.png"))

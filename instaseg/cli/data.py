@@ -18,7 +18,8 @@ from instaseg.data.formats import FORMATS, read_dataset, write_coco
 from instaseg.data.split import split_dataset
 from instaseg.data.stats import dataset_stats, format_stats
 from instaseg.data.synth import generate_synthetic
-from instaseg.demo import run_demo
+from instaseg.demo import DEMO_MODEL, run_demo
+from instaseg.models.zoo import MODELS
 from instaseg.visualize import save_overlay
 
 
@@ -194,10 +195,28 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--train", type=int, default=200, help="synthetic train images")
     demo.add_argument("--val", type=int, default=50, help="synthetic val images")
+    demo.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="training budget in minutes (default 10; 0: data only, no training)",
+    )
+    demo.add_argument(
+        "--model", default=DEMO_MODEL, type=choice(tuple(MODELS)), help=f"default {DEMO_MODEL}"
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    run_demo(args.out, num_train=args.train, num_val=args.val, seed=args.seed)
+    if args.minutes < 0:
+        raise ValueError(f"--minutes must be >= 0, got {args.minutes}")
+    run_demo(
+        args.out,
+        num_train=args.train,
+        num_val=args.val,
+        train_minutes=args.minutes,
+        model=args.model,
+        seed=args.seed,
+    )
     return 0
