@@ -20,6 +20,19 @@ detection checkpoint converts by prefix: `body.<key>` is the same on both sides,
 `fpn.inner_blocks.` / `fpn.layer_blocks.` / `fpn.extra_blocks.` (table in `models.fpn`).
 Inside a detector both sides add `backbone.`. torchvision's detection backbones use frozen BN
 and FPN convs without norm: build them with norm="frozen_bn", fpn_norm=None.
+
+Deformable convolution (DCNv2, Zhu et al. 2019)
+-----------------------------------------------
+`dcn_stages` and `dcn_interval` replace the 3x3 conv of some blocks by a
+`ModulatedDeformConv2d`, as YOLACT++ does (Bolya et al. 2020: C3-C5, interval 3). In each named
+stage, block i (0-based) is deformable when i % dcn_interval == 0: blocks 0, 3, 6, ... with
+interval 3, so the first, strided block of a stage always is (YOLACT++'s reference code picks
+the same blocks). The replaced conv is `conv2`: a Bottleneck's 3x3 (which carries the stride),
+and a BasicBlock's second 3x3, so in both block types the deformable conv reads features the
+block has already transformed, and a BasicBlock's stride stays on a plain conv. The layer keeps
+the name and its `weight` keeps the shape, so a DCN ResNet's state dict is the plain one's plus
+`<block>.conv2.conv_offset.{weight,bias}`, and `load_resnet_weights` fills a plain checkpoint
+into it, leaving the zero-initialised offset convs (a DCN at zero init is exactly the plain conv).
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
+from instaseg.models.deform_conv import ModulatedDeformConv2d
 from instaseg.models.fpn import FPN, ExtraLevels
 from instaseg.models.norm import FrozenBatchNorm2d, check_norm, make_norm
 
@@ -44,6 +58,10 @@ LEVELS = ("c2", "c3", "c4", "c5")  # outputs of layer1..layer4, strides 4, 8, 16
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def _deformable3x3(in_channels: int, out_channels: int, stride: int = 1) -> ModulatedDeformConv2d:
+    return ModulatedDeformConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
 def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -59,15 +77,18 @@ def _projection(in_channels: int, out_channels: int, stride: int, norm: str) -> 
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs plus a shortcut (ResNet-18/34). Output channels: planes."""
+    """Two 3x3 convs plus a shortcut (ResNet-18/34). Output channels: planes.
+    deformable: conv2 (stride 1) is a ModulatedDeformConv2d."""
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(
+        self, in_channels: int, planes: int, stride: int, norm: str, deformable: bool = False
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_channels, planes, stride)
         self.bn1 = make_norm(norm, planes)
-        self.conv2 = _conv3x3(planes, planes)
+        self.conv2 = (_deformable3x3 if deformable else _conv3x3)(planes, planes)
         self.bn2 = make_norm(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _projection(in_channels, planes, stride, norm)
@@ -91,16 +112,19 @@ class Bottleneck(nn.Module):
 
     The stride sits on the 3x3 conv ("ResNet v1.5", as in torchvision), not on the first 1x1
     as in the original paper: a strided 1x1 conv would skip three quarters of the input.
+    deformable: that 3x3 conv, conv2, is a ModulatedDeformConv2d.
     """
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(
+        self, in_channels: int, planes: int, stride: int, norm: str, deformable: bool = False
+    ) -> None:
         super().__init__()
         out_channels = planes * self.expansion
         self.conv1 = _conv1x1(in_channels, planes)
         self.bn1 = make_norm(norm, planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
+        self.conv2 = (_deformable3x3 if deformable else _conv3x3)(planes, planes, stride)
         self.bn2 = make_norm(norm, planes)
         self.conv3 = _conv1x1(planes, out_channels)
         self.bn3 = make_norm(norm, out_channels)
@@ -129,11 +153,18 @@ def _make_stage(
     num_blocks: int,
     stride: int,
     norm: str,
+    dcn_interval: int | None = None,
 ) -> nn.Sequential:
-    """One stage: the first block changes resolution and width, the others keep them."""
+    """One stage: the first block changes resolution and width, the others keep them.
+    Block i is deformable when dcn_interval is set and i % dcn_interval == 0."""
     out_channels = planes * block.expansion
-    blocks = [block(in_channels, planes, stride, norm)]
-    blocks += [block(out_channels, planes, 1, norm) for _ in range(num_blocks - 1)]
+    blocks = []
+    for index in range(num_blocks):
+        deformable = dcn_interval is not None and index % dcn_interval == 0
+        if index == 0:
+            blocks.append(block(in_channels, planes, stride, norm, deformable))
+        else:
+            blocks.append(block(out_channels, planes, 1, norm, deformable))
     return nn.Sequential(*blocks)
 
 
@@ -155,6 +186,9 @@ class ResNet(nn.Module):
         FREEZE_AT is k+1 for k >= 1.)
     zero_init_residual: zero the gamma of the last norm in each block, so every block starts
         as the identity (Goyal et al. 2017); frozen BN has no trainable gamma and is left alone.
+    dcn_stages: stages among "c2".."c5" whose blocks i with i % dcn_interval == 0 get a
+        deformable 3x3 conv2 (DCNv2; see the module docstring). YOLACT++ uses
+        ("c3", "c4", "c5") with dcn_interval=3. The stages must be built.
 
     Attributes: out_channels and strides, both dicts keyed by the returned level names.
     """
@@ -170,6 +204,8 @@ class ResNet(nn.Module):
         returned_layers: Sequence[str] = LEVELS,
         frozen_stages: int = 0,
         zero_init_residual: bool = True,
+        dcn_stages: Sequence[str] = (),
+        dcn_interval: int = 1,
     ) -> None:
         super().__init__()
         _check_resnet_args(blocks_per_stage, norm, width, num_classes, returned_layers)
@@ -177,6 +213,9 @@ class ResNet(nn.Module):
             raise ValueError(f"frozen_stages must be in 0..4, got {frozen_stages}")
         self.returned_layers = tuple(level for level in LEVELS if level in returned_layers)
         num_stages = 4 if num_classes is not None else LEVELS.index(self.returned_layers[-1]) + 1
+        _check_dcn_args(dcn_stages, dcn_interval, num_stages)
+        self.dcn_stages = tuple(level for level in LEVELS if level in dcn_stages)
+        self.dcn_interval = dcn_interval
 
         # Stem: 7x7/2 conv and 3x3/2 max-pool, stride 4 in total.
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
@@ -190,7 +229,10 @@ class ResNet(nn.Module):
         for index in range(num_stages):
             planes = width * 2**index
             stride = 1 if index == 0 else 2  # layer1 follows the max-pool and keeps stride 4
-            stage = _make_stage(block, in_channels, planes, blocks_per_stage[index], stride, norm)
+            interval = dcn_interval if LEVELS[index] in self.dcn_stages else None
+            stage = _make_stage(
+                block, in_channels, planes, blocks_per_stage[index], stride, norm, interval
+            )
             self.add_module(f"layer{index + 1}", stage)
             in_channels = planes * block.expansion
             if LEVELS[index] in self.returned_layers:
@@ -210,7 +252,7 @@ class ResNet(nn.Module):
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, (nn.Conv2d, ModulatedDeformConv2d)):
                 # He et al. 2015, fan-out as in the original ResNet and torchvision
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
@@ -219,6 +261,9 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, ModulatedDeformConv2d):
+                module.reset_offset_parameters()  # the loop above reached conv_offset too
         if zero_init_residual:
             for module in self.modules():
                 if isinstance(module, (BasicBlock, Bottleneck)):
@@ -291,6 +336,24 @@ def _check_resnet_args(
         )
 
 
+def _check_dcn_args(dcn_stages: Sequence[str], dcn_interval: int, num_stages: int) -> None:
+    if isinstance(dcn_stages, str):
+        raise TypeError(f"dcn_stages must be a sequence of names, got {dcn_stages!r}")
+    unknown = [level for level in dcn_stages if level not in LEVELS]
+    if unknown or len(set(dcn_stages)) != len(dcn_stages):
+        raise ValueError(
+            f"dcn_stages must be distinct names from {LEVELS}, got {tuple(dcn_stages)}"
+        )
+    not_built = [level for level in dcn_stages if LEVELS.index(level) >= num_stages]
+    if not_built:
+        raise ValueError(
+            f"dcn_stages names {tuple(not_built)}, which this ResNet does not build (its deepest "
+            f"stage is {LEVELS[num_stages - 1]}); drop them or return a deeper level"
+        )
+    if isinstance(dcn_interval, bool) or not isinstance(dcn_interval, int) or dcn_interval < 1:
+        raise ValueError(f"dcn_interval must be a positive int, got {dcn_interval!r}")
+
+
 def _check_images(images: Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
@@ -317,6 +380,8 @@ class ResNetOptions(TypedDict, total=False):
     returned_layers: Sequence[str]
     frozen_stages: int
     zero_init_residual: bool
+    dcn_stages: Sequence[str]
+    dcn_interval: int
 
 
 def resnet(depth: int, **options: Unpack[ResNetOptions]) -> ResNet:
@@ -378,6 +443,8 @@ def resnet_fpn(
     frozen_stages: int = 0,
     zero_init_residual: bool = True,
     width: int = 64,
+    dcn_stages: Sequence[str] = (),
+    dcn_interval: int = 1,
 ) -> BackboneWithFPN:
     """ResNet-`depth` (18, 34, 50, 101) with an FPN; by default P2..P6 at strides 4..64, GN in
     both (the from-scratch recipe of He et al. 2019). Arguments as for `ResNet` and `FPN`;
@@ -389,6 +456,8 @@ def resnet_fpn(
         returned_layers=returned_layers,
         frozen_stages=frozen_stages,
         zero_init_residual=zero_init_residual,
+        dcn_stages=dcn_stages,
+        dcn_interval=dcn_interval,
     )
     fpn = FPN(
         list(body.out_channels.values()),
@@ -412,7 +481,9 @@ def load_resnet_weights(
     `layerK.*` of stages after the deepest returned level. Everything else must match: missing
     or unexpected keys and shape mismatches raise ValueError listing them, before anything is
     loaded. `num_batches_tracked` is optional: BN models default it, frozen-BN models ignore it.
-    Returns the dropped keys.
+    The `conv_offset.*` keys of deformable convs are optional too: a plain ResNet checkpoint
+    loads into a DCN ResNet, whose offset convs then keep their values (zero at init, so the
+    DCN ResNet computes what the plain one does). Returns the dropped keys.
     """
     body = model.body if isinstance(model, BackboneWithFPN) else model
     if not isinstance(body, ResNet):
@@ -427,7 +498,14 @@ def load_resnet_weights(
     for key in dropped:
         del state[key]
     _check_resnet_state(body, state)
+    kept = [key for key in _offset_keys(body) if key not in state]
+    current = body.state_dict()
+    state.update({key: current[key] for key in kept})
     body.load_state_dict(state, strict=True)
+    if kept:
+        logger.info(
+            "load_resnet_weights: %d deformable-conv offset keys kept as they were", len(kept)
+        )
     if dropped:
         logger.info("load_resnet_weights: dropped %d keys: %s", len(dropped), _preview(dropped))
     return dropped
@@ -459,9 +537,13 @@ def _check_resnet_state(body: ResNet, state: dict[str, Tensor]) -> None:
         for name, module in body.named_modules()
         if isinstance(module, FrozenBatchNorm2d)
     }
-    # BatchNorm fills a missing step counter itself (frozen-BN checkpoints have none)
+    # BatchNorm fills a missing step counter itself (frozen-BN checkpoints have none), and
+    # plain checkpoints have no offset convs
+    optional = set(_offset_keys(body))
     missing = [
-        key for key in expected if key not in state and not key.endswith(".num_batches_tracked")
+        key
+        for key in expected
+        if key not in state and not key.endswith(".num_batches_tracked") and key not in optional
     ]
     unexpected = [key for key in state if key not in expected and key not in ignored]
     mismatched = [
@@ -485,8 +567,23 @@ def _check_resnet_state(body: ResNet, state: dict[str, Tensor]) -> None:
     )
 
 
+def _offset_keys(body: ResNet) -> list[str]:
+    """State-dict keys of the offset convs inside deformable convs."""
+    return [
+        f"{name}.conv_offset.{param}"
+        for name, module in body.named_modules()
+        if isinstance(module, ModulatedDeformConv2d)
+        for param, _ in module.conv_offset.named_parameters()
+    ]
+
+
 def _hint(body: ResNet, missing: list[str], unexpected: list[str]) -> str:
     """The likely fix for the commonest mismatches, or ''."""
+    if any(".conv_offset." in key for key in unexpected):
+        return (
+            ". The weights have deformable-conv offsets: build with the dcn_stages and "
+            "dcn_interval they were trained with"
+        )
     expected = list(body.state_dict())
     for key in unexpected[:1]:
         for name in expected:

@@ -14,6 +14,7 @@ from instaseg.ops.boxes import (
     generalized_box_iou,
     masks_to_boxes,
 )
+from instaseg.ops.deform_conv import deform_conv2d
 from instaseg.ops.nms import batched_nms, batched_nms_top_k, nms
 from instaseg.ops.paste import paste_masks_in_image
 from instaseg.ops.poolers import assign_fpn_levels, roi_pool_levels
@@ -33,6 +34,7 @@ __all__ = [
     "box_xyxy_to_xywh",
     "clip_boxes",
     "decode_boxes",
+    "deform_conv2d",
     "encode_boxes",
     "generalized_box_iou",
     "masks_to_boxes",
