@@ -1,7 +1,7 @@
 """The `instaseg` command line: the only modules that read sys.argv or config files.
 
 One module per command group: `data` (and `demo`), `evaluate`, `models` (train, val, predict,
-models, convert).
+models, convert), `bench`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from instaseg.cli.bench import add_bench_command
 from instaseg.cli.data import add_data_commands, add_demo_command
 from instaseg.cli.evaluate import add_eval_command
 from instaseg.cli.models import add_model_commands
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(commands)
     add_model_commands(commands)
     add_eval_command(commands)
+    add_bench_command(commands)
     add_demo_command(commands)
     return parser
 

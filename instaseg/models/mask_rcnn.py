@@ -172,6 +172,15 @@ class MaskRCNN(nn.Module):
             "loss_mask": loss_mask_weight,
         }
 
+    @property
+    def score_threshold(self) -> float:
+        """Detections scoring at most this are dropped (the box head's threshold)."""
+        return self.roi_heads.score_threshold
+
+    @score_threshold.setter
+    def score_threshold(self, value: float) -> None:
+        self.roi_heads.score_threshold = value
+
     def forward(
         self, images: list[Tensor], targets: list[Instances] | None = None
     ) -> dict[str, Tensor] | list[Instances]:

@@ -1,0 +1,156 @@
+"""Latency per stage, throughput, params and GFLOPs of the zoo's main models (`instaseg bench`).
+
+Run: .venv/bin/python benchmarks/model_latency.py [--model NAME:IMGSZ ...] [--write]
+
+By default: yolact_r50 at 550, yolact_nano at 640 and mask_rcnn_r50_fpn at 640, each built
+with random weights (seed 0), 80 classes and min_size = max_size = imgsz, and measured with
+`instaseg.bench.benchmark` in this one process: 2 threads, optimize_for_inference, score
+threshold 0 and 100 detections per image (the worst case for post-processing), 20 timed
+single-image calls after 5 warm-up calls, throughput at batch 8. Names not in the zoo yet are
+skipped with a note. --write replaces the "## Model latency" section of benchmarks/RESULTS.md
+with the command, the machine, the table and the Ultralytics reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from instaseg.bench import benchmark, cpu_name
+from instaseg.models.zoo import MODELS, build_model
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## Model latency"
+DEFAULT_MODELS = ("yolact_r50:550", "yolact_nano:640", "mask_rcnn_r50_fpn:640")
+REFERENCE = (
+    "Reference, measured earlier on this machine (640 x 640, batch 1, 2 threads, eager): "
+    "Ultralytics YOLO11n-seg, 2.87 M params, 9.8 GFLOPs, network forward 60.8 ms, end to end "
+    "82.7 ms. The goal for `yolact_nano`: network <= 48.6 ms and end to end <= 66 ms (0.8x)."
+)
+
+
+def model_spec(text: str) -> tuple[str, int]:
+    """`NAME:IMGSZ` -> (name, imgsz)."""
+    name, sep, size = text.rpartition(":")
+    if not sep or not size.isdigit() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME:IMGSZ, e.g. yolact_nano:640, got {text!r}")
+    return name, int(size)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for name, imgsz in args.model:
+        if name not in MODELS:
+            print(f"note: {name} is not in the zoo yet; skipped", flush=True)
+            continue
+        torch.manual_seed(0)
+        model = build_model(name, args.num_classes, min_size=imgsz, max_size=imgsz)
+        result = benchmark(
+            model,
+            imgsz=imgsz,
+            threads=args.threads,
+            runs=args.runs,
+            warmup=args.warmup,
+            batch=args.batch,
+            compile=args.compile,
+            optimize=not args.no_optimize,
+        )
+        result["model"] = name
+        rows.append(result)
+        print(table_row(result), flush=True)
+    return rows
+
+
+HEADER = (
+    "| model | imgsz | params (M) | GFLOPs | median ms | p90 ms | preprocess ms | network ms "
+    "| postprocess ms | images/s (batch) | detections |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def table_row(result: dict) -> str:
+    latency = result["latency_ms"]
+    return (
+        f"| `{result['model']}` | {result['imgsz']} | {result['params'] / 1e6:.2f} "
+        f"| {result['gflops']:.1f} | {latency['median']:.1f} | {latency['p90']:.1f} "
+        f"| {latency['preprocess']:.1f} | {latency['network']:.1f} "
+        f"| {latency['postprocess']:.1f} | {result['throughput_ips']:.2f} ({result['batch']}) "
+        f"| {result['detections']} |"
+    )
+
+
+def section(rows: list[dict], args: argparse.Namespace) -> str:
+    command = ".venv/bin/python benchmarks/model_latency.py " + " ".join(sys.argv[1:])
+    variant = "optimize_for_inference" if not args.no_optimize else "as built"
+    variant += ", torch.compile" if args.compile else ", eager"
+    compiled = [row["model"] for row in rows if args.compile and not row["compiled"]]
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; load "
+        f"average {os.getloadavg()[0]:.1f} at the end (other jobs share this machine).",
+        "",
+        f"Random weights (seed 0), {args.num_classes} classes, one random uint8 image of imgsz x "
+        f"imgsz run at imgsz; {variant}; score threshold 0 and at most 100 detections per "
+        f"image; median and p90 of {args.runs} end-to-end calls after {args.warmup} warm-up "
+        "calls, stage medians from the same calls; throughput over batches of "
+        f"{args.batch}.",
+        "",
+        HEADER,
+        *[table_row(row) for row in rows],
+        "",
+        REFERENCE,
+    ]
+    if compiled:
+        lines += ["", f"torch.compile failed for {', '.join(compiled)}: those rows are eager."]
+    if args.note:
+        lines += ["", args.note.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) the SECTION of RESULTS.md, leaving the other sections alone."""
+    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(content):
+        content = pattern.sub(lambda _: text + "\n", content)
+    else:
+        content = content.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(content.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        type=model_spec,
+        default=[model_spec(spec) for spec in DEFAULT_MODELS],
+        metavar="NAME:IMGSZ",
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--no-optimize", action="store_true")
+    parser.add_argument("--note", default="", help="a paragraph to add under the table")
+    parser.add_argument("--write", action="store_true", help=f"write '{SECTION}' to RESULTS.md")
+    args = parser.parse_args()
+    print(HEADER)
+    rows = run(args)
+    if args.write:
+        write_section(section(rows, args))
+        print(f"wrote {SECTION!r} to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
