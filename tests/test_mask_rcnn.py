@@ -377,7 +377,7 @@ def test_build_model_suggests_the_closest_name():
         mask_rcnn_r18_fpn(3, box_fc_dims=64)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(n for n in MODELS if n.startswith("mask_rcnn")))
 def test_every_builder_constructs(name):
     model = build_model(name, 4, width=8, fpn_channels=16)
     assert model.num_classes == 4

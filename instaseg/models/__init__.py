@@ -15,10 +15,13 @@ from instaseg.models.backbones import (
     resnet_fpn,
 )
 from instaseg.models.convert import convert_checkpoint, convert_torchvision_maskrcnn
+from instaseg.models.deform_conv import ModulatedDeformConv2d
 from instaseg.models.fpn import FPN
+from instaseg.models.light_backbone import nano_backbone
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.norm import FrozenBatchNorm2d, make_norm
 from instaseg.models.optimize import optimize_for_inference
+from instaseg.models.yolact import YOLACT
 from instaseg.models.zoo import (
     MODELS,
     build_model,
@@ -28,6 +31,10 @@ from instaseg.models.zoo import (
     mask_rcnn_r50_fpn_torchvision,
     mask_rcnn_r101_fpn,
     model_info,
+    yolact_nano,
+    yolact_plus_r50,
+    yolact_r50,
+    yolact_r101,
 )
 
 __all__ = [
@@ -36,6 +43,8 @@ __all__ = [
     "BackboneWithFPN",
     "FrozenBatchNorm2d",
     "MaskRCNN",
+    "ModulatedDeformConv2d",
+    "YOLACT",
     "ResNet",
     "build_model",
     "convert_checkpoint",
@@ -48,6 +57,7 @@ __all__ = [
     "mask_rcnn_r50_fpn_torchvision",
     "mask_rcnn_r101_fpn",
     "model_info",
+    "nano_backbone",
     "optimize_for_inference",
     "resnet",
     "resnet18",
@@ -55,4 +65,8 @@ __all__ = [
     "resnet50",
     "resnet101",
     "resnet_fpn",
+    "yolact_nano",
+    "yolact_plus_r50",
+    "yolact_r50",
+    "yolact_r101",
 ]

@@ -33,6 +33,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from instaseg.models.deform_conv import ModulatedDeformConv2d
 from instaseg.models.norm import FrozenBatchNorm2d
 from instaseg.ops.layout import to_channels_first
 
@@ -123,7 +124,7 @@ def _conv_before(parent: nn.Module, name: str) -> str | None:
             return None
         candidate = "conv" + suffixes[0]
     conv = getattr(parent, candidate, None)
-    if not isinstance(conv, nn.Conv2d):
+    if not isinstance(conv, (nn.Conv2d, ModulatedDeformConv2d)):  # both: y = w * x + b
         return None
     return candidate if conv.out_channels == getattr(parent, name).num_features else None
 
@@ -140,7 +141,7 @@ def _foldable(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _fold_norm(conv: nn.Conv2d, norm: nn.Module) -> None:
+def _fold_norm(conv: nn.Conv2d | ModulatedDeformConv2d, norm: nn.Module) -> None:
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # [C_out]
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1))

@@ -15,12 +15,14 @@ from instaseg.ops.boxes import (
     masks_to_boxes,
 )
 from instaseg.ops.deform_conv import deform_conv2d
+from instaseg.ops.fast_nms import NMS_METHODS, fast_nms, standard_nms
 from instaseg.ops.nms import batched_nms, batched_nms_top_k, nms
 from instaseg.ops.paste import paste_masks_in_image
 from instaseg.ops.poolers import assign_fpn_levels, roi_pool_levels
 from instaseg.ops.roi_align import roi_align
 
 __all__ = [
+    "NMS_METHODS",
     "AnchorGenerator",
     "assign_fpn_levels",
     "batched_nms",
@@ -36,10 +38,12 @@ __all__ = [
     "decode_boxes",
     "deform_conv2d",
     "encode_boxes",
+    "fast_nms",
     "generalized_box_iou",
     "masks_to_boxes",
     "nms",
     "paste_masks_in_image",
     "roi_align",
     "roi_pool_levels",
+    "standard_nms",
 ]
