@@ -237,15 +237,16 @@ def yolact_plus_r50(num_classes: int, *, weights: str | None = None, **overrides
     return _build_yolact(50, num_classes, weights, {**YOLACT_PLUS_OPTIONS, **overrides})
 
 
-# ~2.7 M parameters and ~9.2 GFLOPs at 640 x 640 with 80 classes (`model_info`): a 1.5x wide
-# light backbone (2.3 M), and narrow FPN, head and protonet, where most of the FLOPs are
-# (P3 and the stride-4 prototypes); 1x1 predictor convs, as in YOLO heads, cost a ninth of
-# YOLACT's 3x3 ones. BN in the backbone and the FPN (folded away at inference), GN in the
-# shared head and the protonet (independent of the batch and of the pyramid level). Greedy
-# NMS: on the CPU it takes about a third of Fast NMS's time at 80 classes x 200 candidates
-# (Fast NMS's [C, k, k] IoU pays on a GPU), and it is slightly more accurate.
+# ~1.4 M parameters and ~6.2 GFLOPs at 640 x 640 with 80 classes (`model_info`): the light
+# backbone at width 1.0 (1.0 M), and narrow FPN, head and protonet, where most of the FLOPs
+# are (P3 and the stride-4 prototypes); 1x1 predictor convs, as in YOLO heads, cost a ninth of
+# YOLACT's 3x3 ones. BN everywhere, so every norm folds into its conv at inference (GN in
+# the head and protonet cost ~12 ms at 640 on 2 cores; width 1.5 another ~35 ms: both
+# measured against the latency goal in benchmarks/RESULTS.md). Greedy NMS: on the CPU it
+# takes about a third of Fast NMS's time at 80 classes x 200 candidates (Fast NMS's [C, k, k]
+# IoU pays on a GPU), and it is slightly more accurate.
 YOLACT_NANO_OPTIONS: dict[str, Any] = {
-    "width": 1.5,
+    "width": 1.0,
     "norm": "bn",
     "fpn_norm": "bn",
     "fpn_channels": 64,
@@ -253,7 +254,7 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
     "max_size": 640,
     "head_channels": 64,
     "head_kernel_size": 1,
-    "head_norm": "gn",
+    "head_norm": "bn",  # folds into the convs at inference; GN cannot
     "protonet_channels": 48,
     "nms_method": "standard",
 }
@@ -261,7 +262,7 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
 
 def yolact_nano(num_classes: int, *, weights: str | None = None, **overrides: Any) -> YOLACT:
     """YOLACT on the light CSP backbone (models.light_backbone), 640 x 640, for CPU latency:
-    ~2.7 M parameters, ~9.2 GFLOPs at 640 with 80 classes, greedy NMS. Backbone options:
+    ~1.4 M parameters, ~6.2 GFLOPs at 640 with 80 classes, greedy NMS. Backbone options:
     width and depth (float multipliers of the light backbone), norm, fpn_norm, fpn_channels."""
     return _build_yolact_nano(num_classes, weights, {**YOLACT_NANO_OPTIONS, **overrides})
 

@@ -1,0 +1,131 @@
+"""Val mask AP on the synthetic demo dataset after a fixed training budget (`--time`).
+
+Run: .venv/bin/python benchmarks/time_budget.py --model mask_rcnn_r18_fpn --minutes 12 \
+         --threads 2 [--write]
+
+The dataset is the demo's (`instaseg demo`: 200 train and 50 val images at 256 px, seed 0),
+generated under runs/synth unless it is there. Each model trains with the demo's recipe
+(`instaseg.demo`: AdamW lr 2e-3, 100 warmup steps, cosine decay fitted to the budget, batch 4,
+imgsz 256, validation once at the end); mask_rcnn_r18_fpn uses the demo's slim options
+(DEMO_MODEL_KWARGS), other models their zoo defaults. To compare two models "for the same wall
+time" on a 2-core machine, run both at once with --threads 1 each, or one after the other
+with --threads 2 on an otherwise idle machine. `--write` adds or replaces this model's row in
+the "## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from instaseg.api import Model
+from instaseg.data.synth import generate_synthetic
+from instaseg.demo import DEMO_LR, DEMO_MODEL, DEMO_MODEL_KWARGS, DEMO_WARMUP_STEPS
+from instaseg.models.zoo import MODELS
+
+RESULTS = Path(__file__).parent / "RESULTS.md"
+SECTION = "## Synthetic AP after a time budget"
+HEADER = (
+    "| model | threads | budget (min) | epochs | steps | params (M) | mask AP | AP50 | box AP |"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=sorted(MODELS))
+    parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=Path("runs/synth"))
+    parser.add_argument("--out", type=Path, help="run folder (default runs/time_budget/MODEL)")
+    parser.add_argument("--write", action="store_true", help=f"write to '{SECTION}'")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = args.data / "data.yaml"
+    if not config.is_file():
+        config = generate_synthetic(args.data, num_train=200, num_val=50, seed=0)
+    out = args.out or Path("runs/time_budget") / args.model
+    if out.exists():
+        shutil.rmtree(out)
+    kwargs = dict(DEMO_MODEL_KWARGS) if args.model == DEMO_MODEL else {}
+    model = Model(args.model, model_kwargs=kwargs)
+    summary = model.train(
+        config,
+        time=args.minutes,
+        imgsz=256,
+        batch=4,
+        workers=1,
+        out=out,
+        lr=DEMO_LR,
+        warmup_steps=DEMO_WARMUP_STEPS,
+        val_every=1_000_000,
+    )
+    metrics = model.val(config, workers=1).metrics
+    row = {
+        "model": args.model,
+        "threads": args.threads,
+        "minutes": args.minutes,
+        "epochs": summary["epochs"],
+        "steps": summary["steps"],
+        "params": sum(p.numel() for p in model.network.parameters()),
+        "segm": metrics["segm"],
+        "bbox": metrics["bbox"],
+    }
+    print(json.dumps(row, indent=2))
+    if args.write:
+        write_row(row)
+        print(f"updated {RESULTS}")
+
+
+def format_row(row: dict) -> str:
+    segm, bbox = row["segm"], row["bbox"]
+    return (
+        f"| {row['model']} | {row['threads']} | {row['minutes']:g} | {row['epochs']} | "
+        f"{row['steps']} | {row['params'] / 1e6:.2f} | {segm['AP']:.3f} | {segm['AP50']:.3f} | "
+        f"{bbox['AP']:.3f} |"
+    )
+
+
+def write_row(row: dict) -> None:
+    """Add or replace this model's row of the section's table; other sections stay."""
+    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    found = pattern.search(content)
+    rows = []
+    if found:
+        rows = [
+            line
+            for line in found.group(0).splitlines()
+            if line.startswith("| ") and not line.startswith(("| model", f"| {row['model']} |"))
+        ]
+    rows.append(format_row(row))
+    section = "\n".join(
+        [
+            SECTION,
+            "",
+            "Command: `.venv/bin/python benchmarks/time_budget.py --model NAME --minutes M "
+            "--threads T --write` (see the script's docstring for the recipe).",
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}. Val = the demo's 50 synthetic images at 256 px.",
+            "",
+            HEADER,
+            "|---|---|---|---|---|---|---|---|---|",
+            *sorted(rows),
+            "",
+        ]
+    )
+    if found:
+        content = pattern.sub(lambda _: section + "\n", content)
+    else:
+        content = content.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(content.rstrip("\n") + "\n")
+
+
+if __name__ == "__main__":
+    main()
