@@ -31,6 +31,7 @@ import torch
 from instaseg.api import Model, _eval_loader
 from instaseg.cli import main as cli_main
 from instaseg.data.config import load_data_config
+from instaseg.demo import DEMO_LR, DEMO_MODEL_KWARGS
 from instaseg.engine.validation import predict_loader
 from instaseg.eval import evaluate
 from instaseg.eval.cells import cell_metrics
@@ -38,15 +39,14 @@ from instaseg.eval.cells import cell_metrics
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## DSB2018 training"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "stage1_train"
-# Nuclei are small and many: small anchors, more proposals and detections than for COCO.
+# The demo's slim R18 recipe (instaseg.demo), with what nuclei need: small anchors, more
+# proposals and up to 300 detections per image.
 MODEL_KWARGS = {
-    "fpn_channels": 128,
-    "box_head": "2fc",
-    "mask_conv_dim": 128,
-    "box_batch_size_per_image": 256,
+    **DEMO_MODEL_KWARGS,
     "anchor_sizes": (8, 16, 32, 64, 128),
     "rpn_post_nms_topk_train": 1000,
     "rpn_post_nms_topk_test": 1000,
+    "box_batch_size_per_image": 256,
     "detections_per_image": 300,
 }
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--imgsz", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=DEMO_LR)
     parser.add_argument("--conf", type=float, default=0.5, help="score cut for the cell metrics")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/dsb"))

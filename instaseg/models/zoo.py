@@ -240,9 +240,9 @@ def yolact_plus_r50(num_classes: int, *, weights: str | None = None, **overrides
 # ~1.4 M parameters and ~6.2 GFLOPs at 640 x 640 with 80 classes (`model_info`): the light
 # backbone at width 1.0 (1.0 M), and narrow FPN, head and protonet, where most of the FLOPs
 # are (P3 and the stride-4 prototypes); 1x1 predictor convs, as in YOLO heads, cost a ninth of
-# YOLACT's 3x3 ones. BN everywhere, so every norm folds into its conv at inference (GN in
-# the head and protonet cost ~12 ms at 640 on 2 cores; width 1.5 another ~35 ms: both
-# measured against the latency goal in benchmarks/RESULTS.md). Greedy NMS: on the CPU it
+# YOLACT's 3x3 ones. BN in the backbone and the FPN (folded away at inference), GN in the
+# shared head and the protonet (~12 ms at 640 on 2 cores that BN would fold away; width 1.5
+# would cost another ~35 ms). Greedy NMS: on the CPU it
 # takes about a third of Fast NMS's time at 80 classes x 200 candidates (Fast NMS's [C, k, k]
 # IoU pays on a GPU), and it is slightly more accurate.
 YOLACT_NANO_OPTIONS: dict[str, Any] = {
@@ -254,7 +254,10 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
     "max_size": 640,
     "head_channels": 64,
     "head_kernel_size": 1,
-    "head_norm": "bn",  # folds into the convs at inference; GN cannot
+    # GN, not BN: the head is shared by five pyramid levels, and one set of BN running
+    # statistics would mix levels whose statistics differ (a 12-minute synthetic run with a
+    # BN head reached mask AP 0.004, the likely cause). Per-level BN would fold away.
+    "head_norm": "gn",
     "protonet_channels": 48,
     "nms_method": "standard",
 }
