@@ -113,6 +113,7 @@ def write_row(row: dict) -> None:
             "--threads T --write` (see the script's docstring for the recipe).",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"torch {torch.__version__}. Val = the demo's 50 synthetic images at 256 px.",
+            "Rows with 1 thread ran two at a time, one core each, for the same wall time.",
             "",
             HEADER,
             "|---|---|---|---|---|---|---|---|---|",
