@@ -62,6 +62,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=[row for row, _, _ in CONFIGS],
+        choices=[row for row, _, _ in CONFIGS],
+        help="which rows to measure (default all)",
+    )
     parser.add_argument("--write", action="store_true", help=f"write '{SECTION}' to RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,6 +80,8 @@ def main() -> None:
         images, targets = map(list, zip(*(dataset[i] for i in range(args.batch)), strict=True))
     rows = []
     for row_name, name, options in CONFIGS:
+        if row_name not in args.rows:
+            continue
         torch.manual_seed(0)
         model = build_model(name, 6, min_size=args.imgsz, max_size=args.imgsz, **options)
         times = step_times(model, images, targets, args.steps)
@@ -84,7 +93,9 @@ def main() -> None:
             SECTION,
             "",
             f"Command: `.venv/bin/python benchmarks/train_throughput.py --imgsz {args.imgsz} "
-            f"--batch {args.batch} --steps {args.steps} --threads {args.threads} --write`",
+            f"--batch {args.batch} --steps {args.steps} --threads {args.threads} --rows "
+            + " ".join(repr(row) for row in args.rows)
+            + " --write`",
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"{args.threads} threads, torch {torch.__version__}.",
             "",
