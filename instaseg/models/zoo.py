@@ -255,8 +255,7 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
     "head_channels": 64,
     "head_kernel_size": 1,
     # GN, not BN: the head is shared by five pyramid levels, and one set of BN running
-    # statistics would mix levels whose statistics differ (a 12-minute synthetic run with a
-    # BN head reached mask AP 0.004, the likely cause). Per-level BN would fold away.
+    # statistics would mix levels whose statistics differ. (Per-level BN would fold away.)
     "head_norm": "gn",
     "protonet_channels": 48,
     "nms_method": "standard",
