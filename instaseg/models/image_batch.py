@@ -92,6 +92,50 @@ def check_images(images: Sequence[Tensor]) -> None:
             )
 
 
+def check_targets(
+    targets: Sequence[Instances], images: Sequence[Tensor], num_classes: int, model: str
+) -> None:
+    """Raise naming targets[i] and the field unless targets fit the images and the classes
+    (labels in [0, num_classes), masks present, boxes finite with area unless crowd); `model`
+    names the detector in the message about missing masks."""
+    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+        got = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(
+            f"targets must be a list of {len(images)} Instances (one per image), got {got}"
+        )
+    for i, (target, image) in enumerate(zip(targets, images, strict=True)):
+        if not isinstance(target, Instances):
+            raise TypeError(f"targets[{i}] must be an Instances, got {type(target).__name__}")
+        size = (int(image.shape[1]), int(image.shape[2]))
+        if target.image_size != size:
+            raise ValueError(
+                f"targets[{i}].image_size is {target.image_size} but images[{i}] is {size}; "
+                "targets must describe the image as passed"
+            )
+        if target.masks is None:
+            raise ValueError(f"targets[{i}].masks is None; {model} trains on instance masks")
+        labels = target.labels
+        if labels.dtype != torch.int64:
+            raise TypeError(f"targets[{i}].labels must be int64, got {labels.dtype}")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"targets[{i}].labels must lie in [0, {num_classes}), got values from "
+                f"{int(labels.min())} to {int(labels.max())}"
+            )
+        boxes = target.boxes
+        if not boxes.is_floating_point() or not torch.isfinite(boxes).all():
+            raise ValueError(f"targets[{i}].boxes must be finite floats, got {boxes.dtype}")
+        crowd = target.iscrowd if target.iscrowd is not None else torch.zeros_like(labels).bool()
+        empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        empty &= ~crowd.to(boxes.device)
+        if empty.any():
+            index = int(torch.nonzero(empty)[0])
+            raise ValueError(
+                f"targets[{i}].boxes[{index}] = {boxes[index].tolist()} has no area; drop "
+                "empty instances before training"
+            )
+
+
 def resized_size(size: tuple[int, int], min_size: int | None, max_size: int) -> tuple[int, int]:
     """(h, w) of an image of `size` (H0, W0) after scaling its short side to min_size with
     its long side capped at max_size; `size` itself when min_size is None."""

@@ -28,6 +28,7 @@ from instaseg.models.image_batch import (
     batch_images,
     boxes_to_original,
     check_images,
+    check_targets,
     train_targets,
 )
 from instaseg.models.roi_heads import RoIHeads
@@ -197,7 +198,7 @@ class MaskRCNN(nn.Module):
     def compute_losses(self, images: list[Tensor], targets: list[Instances]) -> dict[str, Tensor]:
         """The weighted losses of one batch (see `forward`)."""
         check_images(images)
-        _check_targets(targets, images, self.num_classes)
+        check_targets(targets, images, self.num_classes, "Mask R-CNN")
         batch = self._batch(images)
         features = self._features(batch)
         gt = train_targets(targets, batch)
@@ -297,50 +298,3 @@ def _check_backbone(
             f"pooled_levels must be among the backbone's levels {names}, got {list(pooled_levels)}"
         )
     return names, strides
-
-
-def _check_targets(
-    targets: Sequence[Instances], images: Sequence[Tensor], num_classes: int
-) -> None:
-    """Raise naming targets[i] and the field unless targets fit the images and the classes."""
-    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-        got = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
-        raise ValueError(
-            f"targets must be a list of {len(images)} Instances (one per image), got {got}"
-        )
-    for i, (target, image) in enumerate(zip(targets, images, strict=True)):
-        if not isinstance(target, Instances):
-            raise TypeError(f"targets[{i}] must be an Instances, got {type(target).__name__}")
-        size = (int(image.shape[1]), int(image.shape[2]))
-        if target.image_size != size:
-            raise ValueError(
-                f"targets[{i}].image_size is {target.image_size} but images[{i}] is {size}; "
-                "targets must describe the image as passed"
-            )
-        if target.masks is None:
-            raise ValueError(f"targets[{i}].masks is None; Mask R-CNN trains on instance masks")
-        labels = target.labels
-        if labels.dtype != torch.int64:
-            raise TypeError(f"targets[{i}].labels must be int64, got {labels.dtype}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"targets[{i}].labels must lie in [0, {num_classes}), got values from "
-                f"{int(labels.min())} to {int(labels.max())}"
-            )
-        boxes = target.boxes
-        if not boxes.is_floating_point() or not torch.isfinite(boxes).all():
-            raise ValueError(f"targets[{i}].boxes must be finite floats, got {boxes.dtype}")
-        crowd = (
-            target.iscrowd
-            if target.iscrowd is not None
-            else torch.zeros_like(labels, dtype=torch.bool)
-        )
-        empty = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])) & ~crowd.to(
-            boxes.device
-        )
-        if empty.any():
-            index = int(torch.nonzero(empty)[0])
-            raise ValueError(
-                f"targets[{i}].boxes[{index}] = {boxes[index].tolist()} has no area; drop "
-                "empty instances before training"
-            )
