@@ -23,17 +23,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from results_md import RESULTS, write_section
 
 from instaseg.models.optimize import optimize_for_inference
 from instaseg.models.zoo import MODELS, build_model
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Mask R-CNN latency"
 THRESHOLDS = (("default", None), ("none", 1.0), ("max", 0.0))
 
@@ -141,17 +140,6 @@ def section(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the SECTION of RESULTS.md, leaving the other sections alone."""
-    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: text + "\n", content)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text + "\n"
-    RESULTS.write_text(content.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -175,7 +163,7 @@ def main() -> None:
     )
     rows = [row for name in args.model for row in bench_model(name, args, image)]
     if args.write:
-        write_section(section(rows, args))
+        write_section(SECTION, section(rows, args))
         print(f"wrote {SECTION!r} to {RESULTS}")
 
 

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from pathlib import Path
 
 import torch
+from results_md import RESULTS, write_section
 
 from instaseg.bench import benchmark, cpu_name
 from instaseg.models.zoo import MODELS, build_model
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Model latency"
 DEFAULT_MODELS = ("yolact_r50:550", "yolact_nano:640", "mask_rcnn_r50_fpn:640")
 REFERENCE = (
@@ -115,17 +113,6 @@ def section(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the SECTION of RESULTS.md, leaving the other sections alone."""
-    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: text + "\n", content)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(content.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -148,7 +135,7 @@ def main() -> None:
     print(HEADER)
     rows = run(args)
     if args.write:
-        write_section(section(rows, args))
+        write_section(SECTION, section(rows, args))
         print(f"wrote {SECTION!r} to {RESULTS}")
 
 

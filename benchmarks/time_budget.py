@@ -19,18 +19,17 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 from pathlib import Path
 
 import torch
+from results_md import RESULTS, read_section, write_section
 
 from instaseg.api import Model
 from instaseg.data.synth import generate_synthetic
 from instaseg.demo import DEMO_LR, DEMO_MODEL, DEMO_MODEL_KWARGS, DEMO_WARMUP_STEPS
 from instaseg.models.zoo import MODELS
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Synthetic AP after a time budget"
 HEADER = (
     "| model | threads | budget (min) | epochs | steps | params (M) | mask AP | AP50 | box AP |"
@@ -94,14 +93,12 @@ def format_row(row: dict) -> str:
 
 def write_row(row: dict) -> None:
     """Add or replace this model's row of the section's table; other sections stay."""
-    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    found = pattern.search(content)
+    current = read_section(SECTION)
     rows = []
-    if found:
+    if current is not None:
         rows = [
             line
-            for line in found.group(0).splitlines()
+            for line in current.splitlines()
             if line.startswith("| ") and not line.startswith(("| model", f"| {row['model']} |"))
         ]
     rows.append(format_row(row))
@@ -121,11 +118,7 @@ def write_row(row: dict) -> None:
             "",
         ]
     )
-    if found:
-        content = pattern.sub(lambda _: section + "\n", content)
-    else:
-        content = content.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(content.rstrip("\n") + "\n")
+    write_section(SECTION, section)
 
 
 if __name__ == "__main__":

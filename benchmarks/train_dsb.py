@@ -22,11 +22,11 @@ import argparse
 import json
 import os
 import platform
-import re
 import time
 from pathlib import Path
 
 import torch
+from results_md import RESULTS, write_section
 
 from instaseg.api import Model, _eval_loader
 from instaseg.cli import main as cli_main
@@ -36,7 +36,6 @@ from instaseg.engine.validation import predict_loader
 from instaseg.eval import evaluate
 from instaseg.eval.cells import cell_metrics
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## DSB2018 training"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "stage1_train"
 # The demo's slim R18 recipe (instaseg.demo), with what nuclei need: small anchors, more
@@ -117,7 +116,7 @@ def main() -> None:
     (args.out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     if args.write:
-        write_section(format_section(figures, args))
+        write_section(SECTION, format_section(figures, args))
         print(f"updated {RESULTS}")
 
 
@@ -155,17 +154,6 @@ def format_section(figures: dict, args: argparse.Namespace) -> str:
 
 def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) the SECTION of RESULTS.md, leaving the other sections alone."""
-    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: text + "\n", content)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text + "\n"
-    RESULTS.write_text(content.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from results_md import RESULTS, write_section
 
 from instaseg.data.config import load_data_config
 from instaseg.data.synth import generate_synthetic
@@ -30,7 +29,6 @@ from instaseg.data.transforms import train_transforms
 from instaseg.demo import DEMO_MODEL_KWARGS
 from instaseg.models.zoo import build_model
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Training throughput"
 # (row name, zoo name, options)
 CONFIGS = (
@@ -110,13 +108,7 @@ def main() -> None:
         ]
     )
     if args.write:
-        content = RESULTS.read_text()
-        pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-        if pattern.search(content):
-            content = pattern.sub(lambda _: text + "\n", content)
-        else:
-            content = content.rstrip("\n") + "\n\n" + text + "\n"
-        RESULTS.write_text(content.rstrip("\n") + "\n")
+        write_section(SECTION, text)
         print(f"updated {RESULTS}")
 
 
