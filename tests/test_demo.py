@@ -2,18 +2,9 @@
 
 import json
 
-from instaseg.demo import format_summary, run_demo
+from test_api import TINY  # the same small network as the API tests
 
-TINY = {
-    "width": 16,
-    "fpn_channels": 32,
-    "box_conv_dim": 32,
-    "box_fc_dim": 64,
-    "mask_conv_dim": 32,
-    "box_batch_size_per_image": 64,
-    "rpn_post_nms_topk_train": 200,
-    "rpn_post_nms_topk_test": 100,
-}
+from instaseg.demo import format_summary, run_demo
 
 
 def test_demo_trains_evaluates_and_predicts(tmp_path, capsys):
