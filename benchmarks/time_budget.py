@@ -6,11 +6,11 @@ Run: .venv/bin/python benchmarks/time_budget.py --model mask_rcnn_r18_fpn --minu
 The dataset is the demo's (`instaseg demo`: 200 train and 50 val images at 256 px, seed 0),
 generated under runs/synth unless it is there. Each model trains with the demo's recipe
 (`instaseg.demo`: AdamW lr 2e-3, 100 warmup steps, cosine decay fitted to the budget, batch 4,
-imgsz 256, validation once at the end); mask_rcnn_r18_fpn uses the demo's slim options
-(DEMO_MODEL_KWARGS), other models their zoo defaults. To compare two models "for the same wall
-time" on a 2-core machine, run both at once with --threads 1 each, or one after the other
-with --threads 2 on an otherwise idle machine. `--write` adds or replaces this model's row in
-the "## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
+imgsz 256, no scale jitter, validation once at the end); mask_rcnn_r18_fpn uses the demo's
+slim options (DEMO_MODEL_KWARGS), other models their zoo defaults. To compare two models
+"for the same wall time" on a 2-core machine, run both at once with --threads 1 each, or one
+after the other with --threads 2 on an otherwise idle machine. `--write` adds or replaces this
+model's row in the "## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ from results_md import RESULTS, read_section, write_section
 
 from instaseg.api import Model
 from instaseg.data.synth import generate_synthetic
-from instaseg.demo import DEMO_LR, DEMO_MODEL, DEMO_MODEL_KWARGS, DEMO_WARMUP_STEPS
+from instaseg.demo import (
+    DEMO_LR,
+    DEMO_MODEL,
+    DEMO_MODEL_KWARGS,
+    DEMO_SCALE_RANGE,
+    DEMO_WARMUP_STEPS,
+)
 from instaseg.models.zoo import MODELS
 
 SECTION = "## Synthetic AP after a time budget"
@@ -63,6 +69,7 @@ def main() -> None:
         out=out,
         lr=DEMO_LR,
         warmup_steps=DEMO_WARMUP_STEPS,
+        scale_range=DEMO_SCALE_RANGE,
         val_every=1_000_000,
     )
     metrics = model.val(config, workers=1).metrics

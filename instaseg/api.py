@@ -112,6 +112,7 @@ class Model:
         workers: int = 2,
         device: str = "cpu",
         out: str | Path = "runs/train",
+        scale_range: tuple[float, float] = (0.5, 1.5),
         optimizer: str = "adamw",
         lr: float | None = None,
         weight_decay: float | None = None,
@@ -127,7 +128,9 @@ class Model:
         """Train on a dataset yaml's `train` split, validating on `val` when it has one.
 
         Exactly one of epochs and time (minutes; the LR schedule fits the budget). imgsz is
-        the longer image side the network sees. Writes out/{best,last}.safetensors (+ .json),
+        the longer image side the network sees; scale_range the scale jitter of the training
+        transforms (`data.transforms.train_transforms`; (1, 1): none, which learns fastest in
+        budgets of minutes). Writes out/{best,last}.safetensors (+ .json),
         last.state.pt for `resume`, metrics.jsonl and curves.png; afterwards this object holds
         the best weights. Returns the trainer's summary.
         """
@@ -141,7 +144,7 @@ class Model:
         opt = build_optimizer(network, optimizer, lr=lr, weight_decay=decay)
         schedule = LRSchedule(opt, "cosine", warmup_steps=warmup_steps)
         train_loader = build_loader(
-            train_set.with_transforms(train_transforms(imgsz)),
+            train_set.with_transforms(train_transforms(imgsz, scale_range=scale_range)),
             batch_size=batch,
             shuffle=True,
             num_workers=workers,

@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 
 # The default CPU recipe (benchmarks/RESULTS.md has the figures it reaches): a slim
 # ResNet-18-FPN Mask R-CNN (half-width ResNet, 64-channel FPN and heads, 4conv1fc box head
-# with GroupNorm), small anchors for 256-px images, and AdamW at a high learning rate. About
-# 1 s per step of 4 images on 2 cores, so 10 minutes are some 600 steps.
+# with GroupNorm), small anchors for 256-px images, AdamW at a high learning rate, and no
+# scale jitter (flips and colour jitter only): in a budget of some 600 steps, jitter slows
+# learning more than it helps (benchmarks/RESULTS.md). About 1 s per step of 4 images on 2
+# cores.
 DEMO_MODEL = "mask_rcnn_r18_fpn"
 DEMO_MODEL_KWARGS = {
     "width": 32,
@@ -48,6 +50,7 @@ DEMO_MODEL_KWARGS = {
 }
 DEMO_LR = 2e-3
 DEMO_WARMUP_STEPS = 100
+DEMO_SCALE_RANGE = (1.0, 1.0)
 
 
 def run_demo(
@@ -154,6 +157,7 @@ def _train_and_evaluate(
         out=train_dir,
         lr=DEMO_LR,
         warmup_steps=DEMO_WARMUP_STEPS,
+        scale_range=DEMO_SCALE_RANGE,
         seed=seed,
         val_every=1_000_000,  # validate once, at the end of the budget
     )

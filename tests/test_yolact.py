@@ -16,8 +16,9 @@ from instaseg.engine import load_weights
 from instaseg.eval import evaluate
 from instaseg.models.backbones import resnet_fpn
 from instaseg.models.deform_conv import ModulatedDeformConv2d
-from instaseg.models.image_batch import TrainTargets, resized_size
+from instaseg.models.image_batch import TrainTargets, resized_size, train_targets
 from instaseg.models.matching import IGNORED, NEGATIVE, POSITIVE
+from instaseg.models.optimize import optimize_for_inference
 from instaseg.models.yolact import YOLACT, YolactOutput
 from instaseg.models.yolact_heads import (
     box_crop_weights,
@@ -255,6 +256,44 @@ def test_nms_method_is_selectable():
     assert kept["standard"] == pytest.approx([0.9, 0.7])
     with pytest.raises(ValueError, match="nms_method must be one of"):
         tiny_model(nms_method="soft")
+
+
+def test_atss_assigner_gives_every_object_several_positives():
+    target = two_objects_and_a_crowd()
+    counts = {}
+    for assigner in ("iou", "atss"):
+        model = tiny_model(assigner=assigner).train()
+        batch = model.preprocess([random_image(64, 64, 0)])
+        (output,) = model._network(batch, with_semantic=False)
+        assert sum(output.anchors_per_level) == len(output.anchors)
+        (gt,) = train_targets([target], batch)
+        labels, matched = model._match(output, gt)
+        positives = matched[labels == POSITIVE]
+        assert set(positives.tolist()) == {0, 1}  # both real objects, never the crowd
+        counts[assigner] = [int((positives == g).sum()) for g in (0, 1)]
+    assert min(counts["atss"]) >= 2 and sum(counts["atss"]) > sum(counts["iou"])
+    losses = tiny_model(assigner="atss").train()([random_image(64, 64, 0)], [target])
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    with pytest.raises(ValueError, match="assigner must be one of"):
+        tiny_model(assigner="simota")
+
+
+def test_bn_head_has_per_level_statistics_that_fold_away():
+    model = tiny_model("yolact_nano", head_norm="bn", head_convs=2).train()
+    images = [random_image(64, 64, 0), random_image(64, 64, 1)]
+    model(images, [two_objects_and_a_crowd(), Instances.empty((64, 64))])  # updates the stats
+    norms = model.head.convs[0].norms
+    assert len(norms) == len(model.strides) == 5
+    assert not torch.equal(norms[0].running_mean, norms[1].running_mean)
+    model.eval()
+    want = model.infer(model.preprocess(images))
+    optimized = optimize_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimized.modules())
+    got = optimized.infer(optimized.preprocess(images))
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b.class_logits, a.class_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.coefficients, a.coefficients, rtol=1e-4, atol=1e-4)
+    assert "head.convs.0.norms.4.running_var" in model.state_dict()  # the original is intact
 
 
 class ConstantIoU(torch.nn.Module):

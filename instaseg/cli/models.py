@@ -59,6 +59,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     length.add_argument("--time", type=float, metavar="MIN", help="training budget in minutes")
     train.add_argument("--imgsz", type=int, default=512, help="longer image side (default 512)")
     train.add_argument("--batch", type=int, default=4)
+    train.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        default=(0.5, 1.5),
+        metavar=("LOW", "HIGH"),
+        help="scale jitter of the training images (default 0.5 1.5; 1 1: none)",
+    )
     train.add_argument("--workers", type=int, default=2, help="loader processes")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     train.add_argument(
@@ -130,6 +138,7 @@ def _run_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         out=args.out,
+        scale_range=tuple(args.scale_range),
         optimizer=args.optimizer,
         lr=args.lr,
         amp=args.amp,

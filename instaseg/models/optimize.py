@@ -7,8 +7,10 @@ returns a copy in eval mode with
   b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps), per output channel, so grouped
   and depthwise convs fold the same way. A norm is known to follow a conv when it is the next
   item of a plain nn.Sequential, or by name: "bnK" / "normK" after a sibling "convK" (K may be
-  empty: "bn" after "conv"), the naming of torchvision's ResNet and of our heads. GroupNorm
-  depends on its input and cannot be folded.
+  empty: "bn" after "conv"), the naming of torchvision's ResNet and of our heads. A module that
+  applies its norms in its own forward (a conv shared by pyramid levels, each with its own
+  norm) folds them in its `fold_norms_()` method, which is called. GroupNorm depends on its
+  input and cannot be folded.
 - 3x3 stride-1 convolutions computed with NNPACK's Winograd kernels on the CPU when torch
   ships NNPACK (`torch._nnpack_available()`) and the convolution is large enough to gain
   (`WinogradConv2d`): about 2-3x fewer multiplications than direct convolution, with float32
@@ -80,6 +82,9 @@ def optimize_for_inference(
     channels-last memory (if `channels_last`; oneDNN then runs the convs that follow
     channels-last, which is faster on the CPU for most of a ResNet's shapes)."""
     model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        if callable(getattr(module, "fold_norms_", None)):  # norms it applies itself
+            module.fold_norms_()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             conv_name = _conv_before(parent, name) if _foldable(child) else None

@@ -63,7 +63,7 @@ from instaseg.models.image_batch import (
     check_targets,
     train_targets,
 )
-from instaseg.models.matching import NEGATIVE, POSITIVE, match_candidates
+from instaseg.models.matching import NEGATIVE, POSITIVE, atss_match, match_candidates
 from instaseg.models.yolact_heads import (
     MaskIoUHead,
     PredictionHead,
@@ -84,6 +84,7 @@ from instaseg.structures import Instances
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 units
 IMAGENET_STD = (58.395, 57.12, 57.375)
 PAPER_SIZE = 550  # the input size of the paper's anchor sizes
+ASSIGNERS = ("iou", "atss")
 
 
 @dataclass
@@ -91,8 +92,9 @@ class YolactOutput:
     """The network's output for one image (`YOLACT.infer`), in the model frame.
 
     class_logits [N, C + 1] (background last), box_deltas [N, 4], coefficients [N, k] and
-    anchors [N, 4] (xyxy) for the N anchors of all levels; prototypes [H_p, W_p, k] (channels
-    last, so a mask is `prototypes @ c`); semantic_logits [C, H_3, W_3] in training, else None.
+    anchors [N, 4] (xyxy) for the N anchors of all levels, anchors_per_level how many of them
+    each level has (fine to coarse); prototypes [H_p, W_p, k] (channels last, so a mask is
+    `prototypes @ c`); semantic_logits [C, H_3, W_3] in training, else None.
     """
 
     class_logits: Tensor
@@ -101,6 +103,7 @@ class YolactOutput:
     anchors: Tensor
     prototypes: Tensor
     semantic_logits: Tensor | None = None
+    anchors_per_level: tuple[int, ...] = ()
 
 
 @dataclass
@@ -135,7 +138,8 @@ class YOLACT(nn.Module):
     Masks: num_prototypes k, protonet_channels; semantic_loss adds the auxiliary semantic
         segmentation branch (training only); mask_rescoring adds YOLACT++'s mask-IoU head,
         trained on objects of at least mask_iou_min_area prototype cells.
-    Training: fg_iou_threshold / bg_iou_threshold for anchors, ohem_ratio negatives per
+    Training: assigner "iou" (the paper: fg_iou_threshold / bg_iou_threshold) or "atss"
+        (`models.matching.atss_match` with atss_top_k anchors per level), ohem_ratio negatives per
         positive, masks_per_image, box_coder_weights and box_beta (smooth L1) for the boxes,
         crowd_ioa_threshold (models.matching).
     Inference: score_threshold, nms_method "fast" (Fast NMS) or "standard" (greedy), per-class
@@ -166,8 +170,10 @@ class YOLACT(nn.Module):
         semantic_loss: bool = True,
         mask_rescoring: bool = False,
         mask_iou_min_area: float = 25.0,
+        assigner: str = "iou",
         fg_iou_threshold: float = 0.5,
         bg_iou_threshold: float = 0.4,
+        atss_top_k: int = 9,
         ohem_ratio: float = 3.0,
         masks_per_image: int = 100,
         box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
@@ -198,8 +204,10 @@ class YOLACT(nn.Module):
             head_norm=head_norm,
             num_prototypes=num_prototypes,
             protonet_channels=protonet_channels,
+            assigner=assigner,
             fg_iou_threshold=fg_iou_threshold,
             bg_iou_threshold=bg_iou_threshold,
+            atss_top_k=atss_top_k,
             ohem_ratio=ohem_ratio,
             masks_per_image=masks_per_image,
             nms_method=nms_method,
@@ -238,6 +246,7 @@ class YOLACT(nn.Module):
             num_convs=head_convs,
             kernel_size=head_kernel_size,
             norm=head_norm,
+            num_levels=len(strides),
         )
         self.protonet = Protonet(
             channels, num_prototypes, channels=protonet_channels, norm=head_norm
@@ -245,7 +254,9 @@ class YOLACT(nn.Module):
         self.semantic_head = semantic_head(channels, num_classes) if semantic_loss else None
         self.mask_iou_head = MaskIoUHead(num_classes) if mask_rescoring else None
         self.mask_iou_min_area = mask_iou_min_area
+        self.assigner = assigner
         self.fg_iou_threshold, self.bg_iou_threshold = fg_iou_threshold, bg_iou_threshold
+        self.atss_top_k = atss_top_k
         self.ohem_ratio = ohem_ratio
         self.masks_per_image = masks_per_image
         self.box_coder_weights = box_coder_weights
@@ -315,7 +326,7 @@ class YOLACT(nn.Module):
         self, output: YolactOutput, target: TrainTargets, batch: ImageBatch, index: int
     ) -> _ImageLosses:
         """One image's unnormalised loss terms."""
-        labels, matched = self._match(output.anchors, target)
+        labels, matched = self._match(output, target)
         mask_targets = prototype_targets(
             target.masks,
             batch.image_sizes[index],
@@ -335,10 +346,19 @@ class YOLACT(nn.Module):
             mask_iou=mask_iou,
         )
 
-    def _match(self, anchors: Tensor, target: TrainTargets) -> tuple[Tensor, Tensor]:
+    def _match(self, output: YolactOutput, target: TrainTargets) -> tuple[Tensor, Tensor]:
         """Anchor labels int64 [N] (1 positive, 0 negative, -1 ignored) and matched gt [N]."""
+        if self.assigner == "atss":
+            return atss_match(
+                output.anchors,
+                output.anchors_per_level,
+                target.boxes,
+                target.iscrowd,
+                top_k=self.atss_top_k,
+                crowd_ioa_threshold=self.crowd_ioa_threshold,
+            )
         return match_candidates(
-            anchors,
+            output.anchors,
             target.boxes,
             target.iscrowd,
             self.fg_iou_threshold,
@@ -524,12 +544,17 @@ class YOLACT(nn.Module):
             prototypes = self.protonet(features[0]).permute(0, 2, 3, 1)  # [B, H_p, W_p, k]
             semantic = self.semantic_head(features[0]) if with_semantic else None
             anchors = self._anchors(features)
+            per_location = self.anchor_generator.num_anchors_per_location()
+            anchors_per_level = tuple(
+                f.shape[-2] * f.shape[-1] * a for f, a in zip(features, per_location, strict=True)
+            )
             for row, index in enumerate(members):
                 outputs[index] = YolactOutput(
                     class_logits=logits[row],
                     box_deltas=deltas[row],
                     coefficients=coefficients[row],
                     anchors=anchors,
+                    anchors_per_level=anchors_per_level,
                     prototypes=prototypes[row],
                     semantic_logits=semantic[row] if semantic is not None else None,
                 )
@@ -565,6 +590,7 @@ def _check_options(
     head_convs: int,
     head_kernel_size: int,
     head_norm: str | None,
+    assigner: str,
     fg_iou_threshold: float,
     bg_iou_threshold: float,
     ohem_ratio: float,
@@ -589,6 +615,8 @@ def _check_options(
             "need 0 <= bg_iou_threshold <= fg_iou_threshold <= 1, got "
             f"{bg_iou_threshold} and {fg_iou_threshold}"
         )
+    if assigner not in ASSIGNERS:
+        raise ValueError(f"assigner must be one of {ASSIGNERS}, got {assigner!r}")
     if not ohem_ratio > 0:
         raise ValueError(f"ohem_ratio must be positive, got {ohem_ratio}")
     if nms_method not in NMS_METHODS:

@@ -45,7 +45,9 @@ class PredictionHead(nn.Module):
     `num_convs` 3x3 convs (channels wide, optional norm, ReLU), then three convs of
     `kernel_size` (the paper's 3, or 1 as in YOLO heads, 9x cheaper): A (C + 1) class logits,
     4A box deltas and A k mask coefficients (tanh), A anchors per location. The paper has
-    num_convs=1 without norm. Initialisation: the class and box branches start
+    num_convs=1 without norm. With norm "bn" or "frozen_bn" each of the `num_levels` levels
+    has its own norm after the shared convs (`LevelNormConv`): one set of running statistics
+    would mix levels whose statistics differ. Initialisation: the class and box branches start
     from N(0, 0.01) weights, and the background bias from log(99 C), so that every anchor
     starts at foreground probability 0.01 (softmax over C classes + background): the loss of
     the many easy negatives does not swamp the first steps.
@@ -62,13 +64,17 @@ class PredictionHead(nn.Module):
         num_convs: int = 1,
         kernel_size: int = 3,
         norm: str | None = "gn",
+        num_levels: int = 5,
         prior_probability: float = 0.01,
     ) -> None:
         super().__init__()
         widths = [in_channels] + [channels] * num_convs
-        self.convs = nn.Sequential(
-            *(conv_block(a, b, norm) for a, b in zip(widths, widths[1:], strict=False))
-        )
+        pairs = list(zip(widths, widths[1:], strict=False))
+        self.per_level_norm = norm in ("bn", "frozen_bn")
+        if self.per_level_norm:
+            self.convs = nn.ModuleList(LevelNormConv(a, b, num_levels, norm) for a, b in pairs)
+        else:
+            self.convs = nn.Sequential(*(conv_block(a, b, norm) for a, b in pairs))
         self.num_anchors, self.num_classes = num_anchors, num_classes
         self.num_prototypes = num_prototypes
         width = widths[-1]
@@ -94,12 +100,54 @@ class PredictionHead(nn.Module):
         location-major (the anchor generator's order): class logits [B, N, C + 1], box deltas
         [B, N, 4] and mask coefficients [B, N, k], N = sum_l H_l W_l A."""
         logits, deltas, coefficients = [], [], []
-        for feature in features:
-            hidden = self.convs(feature)
+        for level, feature in enumerate(features):
+            hidden = self._hidden(feature, level)
             logits.append(_per_anchor(self.class_logits(hidden), self.num_classes + 1))
             deltas.append(_per_anchor(self.box_deltas(hidden), 4))
             coefficients.append(_per_anchor(self.coefficients(hidden), self.num_prototypes))
         return torch.cat(logits, 1), torch.cat(deltas, 1), torch.tanh(torch.cat(coefficients, 1))
+
+    def _hidden(self, feature: Tensor, level: int) -> Tensor:
+        if not self.per_level_norm:
+            return self.convs(feature)
+        for block in self.convs:
+            feature = block(feature, level)
+        return feature
+
+
+class LevelNormConv(nn.Module):
+    """A 3x3 conv shared by the pyramid levels, then the level's own BatchNorm and ReLU (shared
+    weights, per-level statistics, as in EfficientDet's heads). `fold_norms_` turns it into
+    one conv per level with its norm folded in, for inference (models.optimize)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_levels: int, norm: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        self.norms = nn.ModuleList(make_norm(norm, out_channels) for _ in range(num_levels))
+        self.folded: nn.ModuleList | None = None
+
+    def forward(self, feature: Tensor, level: int) -> Tensor:
+        """feature: [B, C_in, H, W] of pyramid level `level` -> [B, C_out, H, W]."""
+        if self.folded is not None:
+            return F.relu(self.folded[level](feature))
+        return F.relu(self.norms[level](self.conv(feature)))
+
+    @torch.no_grad()
+    def fold_norms_(self) -> None:
+        """Eval-mode only: replace the shared conv and the norms by one conv per level,
+        w_l = w * s_l, b_l = beta_l - mean_l * s_l, s_l = gamma_l / sqrt(var_l + eps)."""
+        folded = []
+        for norm in self.norms:
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            conv = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, 3, padding=1).to(
+                self.conv.weight
+            )
+            conv.weight.copy_(self.conv.weight * scale.reshape(-1, 1, 1, 1))
+            conv.bias.copy_(norm.bias - norm.running_mean * scale)
+            folded.append(conv)
+        self.folded = nn.ModuleList(folded)
+        del self.conv, self.norms
 
 
 def _per_anchor(output: Tensor, values: int) -> Tensor:

@@ -15,8 +15,9 @@ YOLACT++: deformable convs (DCNv2) in every third block of C3..C5, 9 anchors per
 (scales 1, 2^(1/3), 2^(2/3)) and mask re-scoring. Overrides are the keyword arguments of
 `YOLACT`, plus the Mask R-CNN backbone options and dcn_stages, dcn_interval.
 `yolact_nano` is the light backbone (models.light_backbone) with a narrow FPN, head and
-protonet at 640 x 640; its backbone options are norm, fpn_norm, width and depth (float
-multipliers of the light backbone's channels and blocks) and fpn_channels.
+protonet at 640 x 640, BatchNorm throughout and ATSS anchor assignment; its backbone options
+are norm, fpn_norm, width and depth (float multipliers of the light backbone's channels and
+blocks) and fpn_channels.
 
 `mask_rcnn_r50_fpn_torchvision` is the architecture of torchvision's maskrcnn_resnet50_fpn
 (frozen BN, FPN without norm, "2fc" box head, mask head without norm, RoIAlign without the
@@ -240,11 +241,13 @@ def yolact_plus_r50(num_classes: int, *, weights: str | None = None, **overrides
 # ~1.4 M parameters and ~6.2 GFLOPs at 640 x 640 with 80 classes (`model_info`): the light
 # backbone at width 1.0 (1.0 M), and narrow FPN, head and protonet, where most of the FLOPs
 # are (P3 and the stride-4 prototypes); 1x1 predictor convs, as in YOLO heads, cost a ninth of
-# YOLACT's 3x3 ones. BN in the backbone and the FPN (folded away at inference), GN in the
-# shared head and the protonet (~12 ms at 640 on 2 cores that BN would fold away; width 1.5
-# would cost another ~35 ms). Greedy NMS: on the CPU it
-# takes about a third of Fast NMS's time at 80 classes x 200 candidates (Fast NMS's [C, k, k]
-# IoU pays on a GPU), and it is slightly more accurate.
+# YOLACT's 3x3 ones (width 1.5 would cost another ~35 ms at 640 on 2 cores). BN everywhere, so
+# that every norm folds into its conv at inference; the shared head keeps one BN per pyramid
+# level (`yolact_heads.LevelNormConv`; GN there cost ~12 ms). ATSS assignment: the paper's IoU
+# >= 0.5 rule gives an object one or two positive anchors, too little signal for a small model
+# learning from scratch (benchmarks/RESULTS.md). Greedy NMS: on the CPU it takes about a third
+# of Fast NMS's time at 80 classes x 200 candidates (Fast NMS's [C, k, k] IoU pays on a GPU),
+# and it is slightly more accurate.
 YOLACT_NANO_OPTIONS: dict[str, Any] = {
     "width": 1.0,
     "norm": "bn",
@@ -254,10 +257,9 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
     "max_size": 640,
     "head_channels": 64,
     "head_kernel_size": 1,
-    # GN, not BN: the head is shared by five pyramid levels, and one set of BN running
-    # statistics would mix levels whose statistics differ. (Per-level BN would fold away.)
-    "head_norm": "gn",
+    "head_norm": "bn",
     "protonet_channels": 48,
+    "assigner": "atss",
     "nms_method": "standard",
 }
 
