@@ -126,13 +126,14 @@ def test_cli_bench_with_weights_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--weights", str(weights), "--imgsz", "64", "--threads", "1"]
     argv += ["--runs", "2", "--warmup", "1", "--batch", "2", "--json", str(out)]
+    argv += ["--detections", "7"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "postprocess" in printed and f"wrote {out}" in printed
     result = json.loads(out.read_text())
     assert result["model"] == str(weights)
     assert set(result["latency_ms"]) == {"median", "p90", "preprocess", "network", "postprocess"}
-    assert result["detections"] > 0 and result["forced_detections"] == 100
+    assert 0 < result["detections"] <= 7 and result["forced_detections"] == 7
     assert result["params"] == sum(p.numel() for p in model.parameters())
 
 

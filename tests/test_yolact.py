@@ -296,6 +296,18 @@ def test_bn_head_has_per_level_statistics_that_fold_away():
     assert "head.convs.0.norms.4.running_var" in model.state_dict()  # the original is intact
 
 
+def test_only_the_best_anchors_go_to_nms():
+    boxes = [[0.0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [0, 20, 10, 30]]  # disjoint
+    scores = [0.7, 0.9, 0.6, 0.8]
+    for limit, expected in ((2, [0.9, 0.8]), (3, [0.9, 0.8, 0.7]), (1000, [0.9, 0.8, 0.7, 0.6])):
+        model = tiny_model(anchors_before_nms=limit, nms_method="standard").eval()
+        batch = model.preprocess([random_image(64, 64, 10)])
+        (result,) = model.postprocess([hand_made_output(model, boxes, scores)], batch)
+        assert result.scores.tolist() == pytest.approx(expected), limit
+    with pytest.raises(ValueError, match="anchors_before_nms must be a positive int"):
+        tiny_model(anchors_before_nms=0)
+
+
 class ConstantIoU(torch.nn.Module):
     """A stand-in mask-IoU head: the same predicted IoU per class for every mask."""
 

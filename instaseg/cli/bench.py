@@ -43,10 +43,18 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="time the model as built, without optimize_for_inference",
     )
-    bench.add_argument(
+    forced = bench.add_mutually_exclusive_group()
+    forced.add_argument(
+        "--detections",
+        type=int,
+        default=100,
+        metavar="N",
+        help="force N detections per image: score threshold 0, at most N (default 100)",
+    )
+    forced.add_argument(
         "--natural-threshold",
         action="store_true",
-        help="keep the model's score threshold (default: threshold 0, 100 detections)",
+        help="keep the model's score threshold and detection limit",
     )
     bench.set_defaults(handler=_run_bench)
 
@@ -75,7 +83,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         compile=args.compile,
         optimize=not args.no_optimize,
-        detections=None if args.natural_threshold else 100,
+        detections=None if args.natural_threshold else args.detections,
     )
     result["model"] = name
     print(format_report(result))

@@ -142,9 +142,10 @@ class YOLACT(nn.Module):
         (`models.matching.atss_match` with atss_top_k anchors per level), ohem_ratio negatives per
         positive, masks_per_image, box_coder_weights and box_beta (smooth L1) for the boxes,
         crowd_ioa_threshold (models.matching).
-    Inference: score_threshold, nms_method "fast" (Fast NMS) or "standard" (greedy), per-class
-        nms_threshold and top_k candidates, detections_per_image, mask_threshold on the
-        pasted probabilities.
+    Inference: score_threshold; the anchors_before_nms anchors with the highest class scores
+        (RetinaNet's pre-NMS cut; it bounds the work when many anchors pass the threshold);
+        nms_method "fast" (Fast NMS) or "standard" (greedy), per-class nms_threshold and
+        top_k candidates, detections_per_image, mask_threshold on the pasted probabilities.
     Loss weights multiply each loss (defaults: the paper's 1, 1.5, 6.125, 1).
     """
 
@@ -182,6 +183,7 @@ class YOLACT(nn.Module):
         score_threshold: float = 0.05,
         nms_method: str = "fast",
         nms_threshold: float = 0.5,
+        anchors_before_nms: int = 1000,
         top_k: int = 200,
         detections_per_image: int = 100,
         mask_threshold: float = 0.5,
@@ -212,6 +214,7 @@ class YOLACT(nn.Module):
             masks_per_image=masks_per_image,
             nms_method=nms_method,
             top_k=top_k,
+            anchors_before_nms=anchors_before_nms,
             detections_per_image=detections_per_image,
         )
         if anchor_sizes is None:
@@ -266,6 +269,7 @@ class YOLACT(nn.Module):
         self.nms_method = nms_method
         self.nms_threshold = nms_threshold
         self.top_k = top_k
+        self.anchors_before_nms = anchors_before_nms
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
         self.loss_weights = {
@@ -474,8 +478,13 @@ class YOLACT(nn.Module):
         boxes = decode_boxes(output.box_deltas.float(), output.anchors, self.box_coder_weights)
         boxes = clip_boxes(boxes, batch.image_sizes[index])
         coefficients = output.coefficients
-        # anchors with no class score above the threshold cannot survive NMS: drop them first
-        candidates = torch.nonzero(scores.amax(dim=1) > self.score_threshold).flatten()
+        # anchors with no class score above the threshold cannot survive NMS: drop them first,
+        # and keep at most anchors_before_nms of the rest, those with the highest scores
+        best = scores.amax(dim=1)
+        candidates = torch.nonzero(best > self.score_threshold).flatten()
+        if len(candidates) > self.anchors_before_nms:
+            top = best[candidates].topk(self.anchors_before_nms, sorted=False).indices
+            candidates = candidates[top.sort().values]
         if len(candidates) < len(scores):
             boxes, scores = boxes[candidates], scores[candidates]
             coefficients = coefficients[candidates]

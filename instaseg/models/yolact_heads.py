@@ -302,40 +302,40 @@ def paste_prototype_masks(
     pixel_ranges = (boxes.double() * scale.double() - 0.5).ceil()
     limits = pixel_ranges.new_tensor([width, height, width, height])
     pixel_ranges = torch.minimum(pixel_ranges.clamp(min=0), limits).long().tolist()
-    # every pixel centre in prototype cells (cell c's centre at c), and the cells it reads
-    xs, x_cells = _cell_positions(width, x_factor, stride, grid_width, prototypes)
-    ys, y_cells = _cell_positions(height, y_factor, stride, grid_height, prototypes)
+    # bilinear sampling is separable: rows of x_weights [W0, W_p] and y_weights [H0, H_p] hold
+    # each pixel's weights on the (at most two) cells it reads; a mask is Y M X^T
+    x_weights, x_cells = _interpolation_weights(width, x_factor, stride, grid_width, prototypes)
+    y_weights, y_cells = _interpolation_weights(height, y_factor, stride, grid_height, prototypes)
     for n, (x0, y0, x1, y1) in enumerate(pixel_ranges):
         if x1 <= x0 or y1 <= y0:
             continue
         c0, c1 = x_cells[x0][0], x_cells[x1 - 1][1]  # the window of cells sampled
         r0, r1 = y_cells[y0][0], y_cells[y1 - 1][1]
         window = torch.sigmoid(prototypes[r0:r1, c0:c1] @ coefficients[n])  # [h_c, w_c]
-        # grid_sample coordinates over the window (align_corners=False: cell i spans
-        # [i, i + 1) of the window, centre i + 0.5); holding its edges holds the grid's
-        size = (y1 - y0, x1 - x0)
-        grid_x = (xs[x0:x1] - c0 + 0.5) * (2 / (c1 - c0)) - 1
-        grid_y = (ys[y0:y1] - r0 + 0.5) * (2 / (r1 - r0)) - 1
-        grid = torch.stack([grid_x.expand(size), grid_y[:, None].expand(size)], dim=-1)
-        sampled = F.grid_sample(
-            window[None, None], grid[None], padding_mode="border", align_corners=False
-        )
-        masks[n, y0:y1, x0:x1] = sampled[0, 0] >= threshold
+        sampled = y_weights[y0:y1, r0:r1] @ window @ x_weights[x0:x1, c0:c1].T
+        masks[n, y0:y1, x0:x1] = sampled >= threshold
     return masks
 
 
-def _cell_positions(
+def _interpolation_weights(
     pixels: int, factor: float, stride: float, cells: int, like: Tensor
 ) -> tuple[Tensor, list[tuple[int, int]]]:
-    """For each original pixel j along one axis: the position of its centre j + 0.5 in
-    prototype cells (divided by `factor` into the model frame, then by `stride`, minus the
-    half cell), float [pixels] in like's dtype; and the cells [first, last) that bilinear
-    sampling there reads, clamped to the grid."""
+    """Bilinear sampling along one axis of the prototype grid at the centres of the original
+    pixels: weights [pixels, cells] in like's dtype, whose row j weighs the cells around pixel
+    j's centre j + 0.5 (divided by `factor` into the model frame, then by `stride`, minus the
+    half cell; held at the edge cells beyond the grid, as grid_sample's border padding); and
+    for each pixel the cells [first, last) its row can be non-zero on."""
     centres = (torch.arange(pixels, dtype=torch.float64) + 0.5) / factor / stride - 0.5
-    first = centres.floor().clamp(0, cells - 1).long()
-    last = (centres.floor() + 2).clamp(1, cells).long()
-    reads = list(zip(first.tolist(), last.tolist(), strict=True))
-    return centres.to(device=like.device, dtype=like.dtype), reads
+    position = centres.clamp(0, cells - 1)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=cells - 1)
+    upper = position - low  # the weight of the higher cell
+    weights = torch.zeros((pixels, cells), dtype=torch.float64)
+    rows = torch.arange(pixels)
+    weights.index_put_((rows, low), 1 - upper, accumulate=True)
+    weights.index_put_((rows, high), upper, accumulate=True)
+    reads = list(zip(low.tolist(), (high + 1).tolist(), strict=True))
+    return weights.to(device=like.device, dtype=like.dtype), reads
 
 
 def check_head_norm(norm: str | None, argument: str) -> None:
