@@ -1,12 +1,14 @@
 """Latency per stage, throughput, params and GFLOPs of the zoo's main models (`instaseg bench`).
 
-Run: .venv/bin/python benchmarks/model_latency.py [--model NAME:IMGSZ ...] [--write]
+Run: .venv/bin/python benchmarks/model_latency.py [--model NAME:IMGSZ[:DETECTIONS] ...] [--write]
 
 By default: yolact_r50 at 550, yolact_nano at 640 and mask_rcnn_r50_fpn at 640, each built
 with random weights (seed 0), 80 classes and min_size = max_size = imgsz, and measured with
 `instaseg.bench.benchmark` in this one process: 2 threads, optimize_for_inference, score
-threshold 0 and 100 detections per image (the worst case for post-processing), 20 timed
-single-image calls after 5 warm-up calls, throughput at batch 8. Names not in the zoo yet are
+threshold 0 and 100 detections per image (the worst case for post-processing; a third field
+forces another count), 20 timed single-image calls after 5 warm-up calls, throughput at
+batch 8. yolact_nano runs a second time with 10 detections, about what a trained model finds
+on a street photo, to set beside Ultralytics' `predict` figure. Names not in the zoo yet are
 skipped with a note. --write replaces the "## Model latency" section of benchmarks/RESULTS.md
 with the command, the machine, the table and the Ultralytics reference.
 """
@@ -24,7 +26,12 @@ from instaseg.bench import benchmark, cpu_name
 from instaseg.models.zoo import MODELS, build_model
 
 SECTION = "## Model latency"
-DEFAULT_MODELS = ("yolact_r50:550", "yolact_nano:640", "mask_rcnn_r50_fpn:640")
+DEFAULT_MODELS = (
+    "yolact_r50:550",
+    "yolact_nano:640",
+    "yolact_nano:640:10",
+    "mask_rcnn_r50_fpn:640",
+)
 REFERENCE = (
     "Reference, measured earlier on this machine (640 x 640, batch 1, 2 threads, eager): "
     "Ultralytics YOLO11n-seg, 2.87 M params, 9.8 GFLOPs, network forward 60.8 ms, end to end "
@@ -32,17 +39,20 @@ REFERENCE = (
 )
 
 
-def model_spec(text: str) -> tuple[str, int]:
-    """`NAME:IMGSZ` -> (name, imgsz)."""
-    name, sep, size = text.rpartition(":")
-    if not sep or not size.isdigit() or int(size) < 1:
-        raise argparse.ArgumentTypeError(f"expected NAME:IMGSZ, e.g. yolact_nano:640, got {text!r}")
-    return name, int(size)
+def model_spec(text: str) -> tuple[str, int, int]:
+    """`NAME:IMGSZ[:DETECTIONS]` -> (name, imgsz, forced detections, default 100)."""
+    name, *numbers = text.split(":")
+    if not 1 <= len(numbers) <= 2 or not all(n.isdigit() and int(n) > 0 for n in numbers):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:IMGSZ[:DETECTIONS], e.g. yolact_nano:640 or yolact_nano:640:10, "
+            f"got {text!r}"
+        )
+    return name, int(numbers[0]), int(numbers[1]) if len(numbers) == 2 else 100
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
-    for name, imgsz in args.model:
+    for name, imgsz, detections in args.model:
         if name not in MODELS:
             print(f"note: {name} is not in the zoo yet; skipped", flush=True)
             continue
@@ -57,6 +67,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             batch=args.batch,
             compile=args.compile,
             optimize=not args.no_optimize,
+            detections=detections,
         )
         result["model"] = name
         rows.append(result)
@@ -97,9 +108,9 @@ def section(rows: list[dict], args: argparse.Namespace) -> str:
         "",
         f"Random weights (seed 0), {args.num_classes} classes, one random uint8 image of imgsz x "
         f"imgsz run at imgsz; {variant}; score threshold 0 and at most 100 detections per "
-        f"image; median and p90 of {args.runs} end-to-end calls after {args.warmup} warm-up "
-        "calls, stage medians from the same calls; throughput over batches of "
-        f"{args.batch}.",
+        f"image (or the count in the last column); median and p90 of {args.runs} end-to-end "
+        f"calls after {args.warmup} warm-up calls, stage medians from the same calls; "
+        f"throughput over batches of {args.batch}.",
         "",
         HEADER,
         *[table_row(row) for row in rows],
@@ -120,7 +131,7 @@ def main() -> None:
         nargs="+",
         type=model_spec,
         default=[model_spec(spec) for spec in DEFAULT_MODELS],
-        metavar="NAME:IMGSZ",
+        metavar="NAME:IMGSZ[:DETECTIONS]",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)

@@ -7,7 +7,8 @@ The dataset is the demo's (`instaseg demo`: 200 train and 50 val images at 256 p
 generated under runs/synth unless it is there. Each model trains with the demo's recipe
 (`instaseg.demo`: AdamW lr 2e-3, 100 warmup steps, cosine decay fitted to the budget, batch 4,
 imgsz 256, no scale jitter, validation once at the end); mask_rcnn_r18_fpn uses the demo's
-slim options (DEMO_MODEL_KWARGS), other models their zoo defaults. To compare two models
+slim options (DEMO_MODEL_KWARGS) and batch (2), other models their zoo defaults and batches of
+4 (BatchNorm models need them). To compare two models
 "for the same wall time" on a 2-core machine, run both at once with --threads 1 each, or one
 after the other with --threads 2 on an otherwise idle machine. `--write` adds or replaces this
 model's row in the "## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
@@ -26,8 +27,10 @@ import torch
 from results_md import RESULTS, read_section, write_section
 
 from instaseg.api import Model
+from instaseg.cli.models import model_option
 from instaseg.data.synth import generate_synthetic
 from instaseg.demo import (
+    DEMO_BATCH,
     DEMO_LR,
     DEMO_MODEL,
     DEMO_MODEL_KWARGS,
@@ -48,6 +51,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=Path("runs/synth"))
+    # recipe variations, for ablations (defaults: the demo's recipe)
+    parser.add_argument("--lr", type=float, default=DEMO_LR)
+    parser.add_argument("--batch", type=int, help=f"default {DEMO_BATCH} ({DEMO_MODEL}), else 4")
+    parser.add_argument("--scale-range", type=float, nargs=2, default=DEMO_SCALE_RANGE)
+    parser.add_argument(
+        "--model-opt", action="append", default=[], type=model_option, metavar="KEY=VALUE"
+    )
+    parser.add_argument("--label", help="the row's name (default: the model's name)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/time_budget/MODEL)")
     parser.add_argument("--write", action="store_true", help=f"write to '{SECTION}'")
     args = parser.parse_args()
@@ -59,22 +70,22 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     kwargs = dict(DEMO_MODEL_KWARGS) if args.model == DEMO_MODEL else {}
-    model = Model(args.model, model_kwargs=kwargs)
+    model = Model(args.model, model_kwargs={**kwargs, **dict(args.model_opt)})
     summary = model.train(
         config,
         time=args.minutes,
         imgsz=256,
-        batch=4,
+        batch=args.batch or (DEMO_BATCH if args.model == DEMO_MODEL else 4),
         workers=1,
         out=out,
-        lr=DEMO_LR,
+        lr=args.lr,
         warmup_steps=DEMO_WARMUP_STEPS,
-        scale_range=DEMO_SCALE_RANGE,
+        scale_range=tuple(args.scale_range),
         val_every=1_000_000,
     )
     metrics = model.val(config, workers=1).metrics
     row = {
-        "model": args.model,
+        "model": args.label or args.model,
         "threads": args.threads,
         "minutes": args.minutes,
         "epochs": summary["epochs"],
@@ -99,15 +110,19 @@ def format_row(row: dict) -> str:
 
 
 def write_row(row: dict) -> None:
-    """Add or replace this model's row of the section's table; other sections stay."""
+    """Add or replace this row (by its name) of the section's table; the text under the
+    table and other sections stay."""
     current = read_section(SECTION)
-    rows = []
+    rows, footer = [], []
     if current is not None:
+        lines = current.rstrip("\n").splitlines()
+        table = [i for i, line in enumerate(lines) if line.startswith("| ")]
         rows = [
-            line
-            for line in current.splitlines()
-            if line.startswith("| ") and not line.startswith(("| model", f"| {row['model']} |"))
+            lines[i]
+            for i in table
+            if not lines[i].startswith(("| model", "|---", f"| {row['model']} |"))
         ]
+        footer = lines[table[-1] + 1 :] if table else []
     rows.append(format_row(row))
     section = "\n".join(
         [
@@ -122,7 +137,7 @@ def write_row(row: dict) -> None:
             HEADER,
             "|---|---|---|---|---|---|---|---|---|",
             *sorted(rows),
-            "",
+            *(footer or [""]),
         ]
     )
     write_section(SECTION, section)

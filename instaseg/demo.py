@@ -33,10 +33,11 @@ logger = logging.getLogger(__name__)
 
 # The default CPU recipe (benchmarks/RESULTS.md has the figures it reaches): a slim
 # ResNet-18-FPN Mask R-CNN (half-width ResNet, 64-channel FPN and heads, 4conv1fc box head
-# with GroupNorm), small anchors for 256-px images, AdamW at a high learning rate, and no
-# scale jitter (flips and colour jitter only): in a budget of some 600 steps, jitter slows
-# learning more than it helps (benchmarks/RESULTS.md). About 1 s per step of 4 images on 2
-# cores.
+# with GroupNorm), small anchors for 256-px images, AdamW at a high learning rate, batches
+# of 2 images and no scale jitter (flips and colour jitter only). In a budget of minutes, twice
+# the updates of half the size learn faster (GroupNorm does not care about the batch), and
+# jitter slows learning more than it helps (benchmarks/RESULTS.md). About 0.5 s per step on
+# 2 cores.
 DEMO_MODEL = "mask_rcnn_r18_fpn"
 DEMO_MODEL_KWARGS = {
     "width": 32,
@@ -51,6 +52,10 @@ DEMO_MODEL_KWARGS = {
 DEMO_LR = 2e-3
 DEMO_WARMUP_STEPS = 100
 DEMO_SCALE_RANGE = (1.0, 1.0)
+DEMO_BATCH = 2
+# with data, overlays, validation and predictions, and the venv bootstrap of a fresh clone,
+# `make demo` takes ~3 minutes more than the training budget on 2 cores
+DEMO_TRAIN_MINUTES = 11.0
 
 
 def run_demo(
@@ -59,10 +64,10 @@ def run_demo(
     num_train: int = 200,
     num_val: int = 50,
     image_size: tuple[int, int] = (256, 256),
-    train_minutes: float = 10.0,
+    train_minutes: float = DEMO_TRAIN_MINUTES,
     model: str = DEMO_MODEL,
     model_kwargs: dict[str, Any] | None = None,
-    batch: int = 4,
+    batch: int = DEMO_BATCH,
     workers: int = 1,
     num_overlays: int = 12,
     seed: int = 0,

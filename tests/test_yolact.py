@@ -279,7 +279,9 @@ def test_atss_assigner_gives_every_object_several_positives():
 
 
 def test_bn_head_has_per_level_statistics_that_fold_away():
-    model = tiny_model("yolact_nano", head_norm="bn", head_convs=2).train()
+    # with the separable protonet refinement: its depthwise and pointwise norms fold too
+    model = tiny_model("yolact_nano", head_norm="bn", head_convs=2, separable_refine=True)
+    model.train()
     images = [random_image(64, 64, 0), random_image(64, 64, 1)]
     model(images, [two_objects_and_a_crowd(), Instances.empty((64, 64))])  # updates the stats
     norms = model.head.convs[0].norms
@@ -293,7 +295,10 @@ def test_bn_head_has_per_level_statistics_that_fold_away():
     for a, b in zip(want, got, strict=True):
         torch.testing.assert_close(b.class_logits, a.class_logits, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(b.coefficients, a.coefficients, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.prototypes, a.prototypes, rtol=1e-4, atol=1e-4)
     assert "head.convs.0.norms.4.running_var" in model.state_dict()  # the original is intact
+    depthwise = model.protonet.refine[0]
+    assert depthwise.groups == depthwise.in_channels == depthwise.out_channels
 
 
 def test_only_the_best_anchors_go_to_nms():

@@ -18,7 +18,7 @@ from instaseg.data.formats import FORMATS, read_dataset, write_coco
 from instaseg.data.split import split_dataset
 from instaseg.data.stats import dataset_stats, format_stats
 from instaseg.data.synth import generate_synthetic
-from instaseg.demo import DEMO_MODEL, run_demo
+from instaseg.demo import DEMO_MODEL, DEMO_TRAIN_MINUTES, run_demo
 from instaseg.models.zoo import MODELS
 from instaseg.visualize import save_overlay
 
@@ -198,8 +198,8 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--minutes",
         type=float,
-        default=10.0,
-        help="training budget in minutes (default 10; 0: data only, no training)",
+        default=DEMO_TRAIN_MINUTES,
+        help=f"training budget in minutes (default {DEMO_TRAIN_MINUTES:g}; 0: data only)",
     )
     demo.add_argument(
         "--model", default=DEMO_MODEL, type=choice(tuple(MODELS)), help=f"default {DEMO_MODEL}"

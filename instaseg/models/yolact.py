@@ -135,9 +135,10 @@ class YOLACT(nn.Module):
     Head: head_channels wide, head_convs shared 3x3 convs before the three branches, whose
         convs have head_kernel_size 3 (the paper) or 1 (cheaper); head_norm "gn", "bn",
         "frozen_bn" or None for the head and the protonet.
-    Masks: num_prototypes k, protonet_channels; semantic_loss adds the auxiliary semantic
-        segmentation branch (training only); mask_rescoring adds YOLACT++'s mask-IoU head,
-        trained on objects of at least mask_iou_min_area prototype cells.
+    Masks: num_prototypes k, protonet_channels, separable_refine (`Protonet`); semantic_loss
+        adds the auxiliary semantic segmentation branch (training only); mask_rescoring adds
+        YOLACT++'s mask-IoU head, trained on objects of at least mask_iou_min_area prototype
+        cells.
     Training: assigner "iou" (the paper: fg_iou_threshold / bg_iou_threshold) or "atss"
         (`models.matching.atss_match` with atss_top_k anchors per level), ohem_ratio negatives per
         positive, masks_per_image, box_coder_weights and box_beta (smooth L1) for the boxes,
@@ -168,6 +169,7 @@ class YOLACT(nn.Module):
         head_norm: str | None = "gn",
         num_prototypes: int = 32,
         protonet_channels: int = 256,
+        separable_refine: bool = False,
         semantic_loss: bool = True,
         mask_rescoring: bool = False,
         mask_iou_min_area: float = 25.0,
@@ -252,7 +254,11 @@ class YOLACT(nn.Module):
             num_levels=len(strides),
         )
         self.protonet = Protonet(
-            channels, num_prototypes, channels=protonet_channels, norm=head_norm
+            channels,
+            num_prototypes,
+            channels=protonet_channels,
+            norm=head_norm,
+            separable_refine=separable_refine,
         )
         self.semantic_head = semantic_head(channels, num_classes) if semantic_loss else None
         self.mask_iou_head = MaskIoUHead(num_classes) if mask_rescoring else None
