@@ -110,19 +110,23 @@ def format_row(row: dict) -> str:
 
 
 def write_row(row: dict) -> None:
-    """Add or replace this row (by its name) of the section's table; the text under the
-    table and other sections stay."""
+    """Add or replace this row (by its name) of the section's main table; the text (and
+    tables) under it and other sections stay."""
     current = read_section(SECTION)
     rows, footer = [], []
     if current is not None:
         lines = current.rstrip("\n").splitlines()
-        table = [i for i, line in enumerate(lines) if line.startswith("| ")]
-        rows = [
-            lines[i]
-            for i in table
-            if not lines[i].startswith(("| model", "|---", f"| {row['model']} |"))
-        ]
-        footer = lines[table[-1] + 1 :] if table else []
+        first = next((i for i, line in enumerate(lines) if line.startswith("| model")), None)
+        if first is not None:
+            last = first  # the main table ends at its first non-table line
+            while last + 1 < len(lines) and lines[last + 1].startswith("|"):
+                last += 1
+            rows = [
+                line
+                for line in lines[first + 2 : last + 1]
+                if not line.startswith(f"| {row['model']} |")
+            ]
+            footer = lines[last + 1 :]
     rows.append(format_row(row))
     section = "\n".join(
         [

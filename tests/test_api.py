@@ -134,6 +134,8 @@ def test_cli_model_options_are_checked(data, tmp_path, capsys):
     assert "did you mean box_head" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--model-opt", "no-equals-sign"])
+    assert main([*argv, "--scale-range", "1.5", "0.5"]) == 2  # reaches the training transforms
+    assert "scale_range must be (low, high) with 0 < low <= high" in capsys.readouterr().err
 
 
 def test_train_seed_fixes_the_initial_network(data, tmp_path):

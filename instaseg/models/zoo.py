@@ -238,11 +238,12 @@ def yolact_plus_r50(num_classes: int, *, weights: str | None = None, **overrides
     return _build_yolact(50, num_classes, weights, {**YOLACT_PLUS_OPTIONS, **overrides})
 
 
-# ~1.4 M parameters and ~5.5 GFLOPs at 640 x 640 with 80 classes (`model_info`): the light
+# ~1.4 M parameters and ~6.2 GFLOPs at 640 x 640 with 80 classes (`model_info`): the light
 # backbone at width 1.0 (1.0 M), and narrow FPN, head and protonet, where most of the FLOPs
 # are (P3 and the stride-4 prototypes); 1x1 predictor convs, as in YOLO heads, cost a ninth of
-# YOLACT's 3x3 ones (width 1.5 would cost another ~35 ms at 640 on 2 cores), and the protonet's
-# conv at stride 4 is depthwise-separable (`Protonet`; -0.9 GFLOPs). BN everywhere, so
+# YOLACT's 3x3 ones (width 1.5 would cost another ~35 ms at 640 on 2 cores). The protonet's
+# dense conv at stride 4 stays: its depthwise-separable form (separable_refine=True, -0.9
+# GFLOPs) cost 0.025 mask AP on the synthetic set (benchmarks/RESULTS.md). BN everywhere, so
 # that every norm folds into its conv at inference; the shared head keeps one BN per pyramid
 # level (`yolact_heads.LevelNormConv`; GN there cost ~12 ms). ATSS assignment: the paper's IoU
 # >= 0.5 rule gives an object one or two positive anchors, too little signal for a small model
@@ -260,7 +261,6 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
     "head_kernel_size": 1,
     "head_norm": "bn",
     "protonet_channels": 48,
-    "separable_refine": True,
     "assigner": "atss",
     "nms_method": "standard",
 }
@@ -268,7 +268,7 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
 
 def yolact_nano(num_classes: int, *, weights: str | None = None, **overrides: Any) -> YOLACT:
     """YOLACT on the light CSP backbone (models.light_backbone), 640 x 640, for CPU latency:
-    ~1.4 M parameters, ~5.5 GFLOPs at 640 with 80 classes, greedy NMS. Backbone options:
+    ~1.4 M parameters, ~6.2 GFLOPs at 640 with 80 classes, greedy NMS. Backbone options:
     width and depth (float multipliers of the light backbone), norm, fpn_norm, fpn_channels."""
     return _build_yolact_nano(num_classes, weights, {**YOLACT_NANO_OPTIONS, **overrides})
 
