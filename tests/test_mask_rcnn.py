@@ -442,3 +442,7 @@ def test_winograd_conv_matches_direct_convolution(monkeypatch):
         )
         channels_last = x.contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(conv(channels_last), conv(x))
+        assert conv._nnpack_pays(x) == torch._nnpack_available()
+        # torch.compile cannot trace the NNPACK op: while compiling, the ordinary conv runs
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert not conv._nnpack_pays(x)

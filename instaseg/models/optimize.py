@@ -60,6 +60,8 @@ class WinogradConv2d(nn.Conv2d):
         return super().forward(input)
 
     def _nnpack_pays(self, input: Tensor) -> bool:
+        if torch.compiler.is_compiling():  # torch.compile cannot trace the NNPACK op
+            return False
         if input.device.type != "cpu" or input.dtype != torch.float32 or input.ndim != 4:
             return False
         if torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad):
