@@ -125,7 +125,7 @@ def _measure(
         for _ in range(batch)
     ]
     with _threads(threads), _forced_detections(model, detections), torch.inference_mode():
-        infer, compiled = _network_stage(model, images[0], compile)
+        infer, compiled = _network_stage(model, images, compile)
         stages = _Stages(model, infer, device)
         for _ in range(warmup):
             stages.run(images[:1])
@@ -174,15 +174,18 @@ class _Stages:
 
 
 def _network_stage(
-    model: nn.Module, image: Tensor, compile: bool
+    model: nn.Module, images: list[Tensor], compile: bool
 ) -> tuple[Callable[[Any], Any], bool]:
     """model.infer, or its torch.compile'd form when `compile` and compiling works (tried on
-    one call, so that a failure shows here rather than in the timed runs)."""
+    one image and on the whole batch, which recompiles, so that a failure shows here rather
+    than in the timed runs)."""
     if not compile:
         return model.infer, False
     try:
         compiled = torch.compile(model.infer)
-        compiled(model.preprocess([image]))
+        compiled(model.preprocess(images[:1]))
+        if len(images) > 1:
+            compiled(model.preprocess(images))
     except Exception as error:  # any backend failure (no compiler, unsupported op) falls back
         warnings.warn(
             f"torch.compile failed ({type(error).__name__}: {_first_line(error)}); "

@@ -90,6 +90,21 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     assert result["compiled"] is False and result["detections"] > 0
 
 
+def test_compile_failure_at_the_batch_size_also_falls_back(monkeypatch):
+    def compile_for_one_image(infer, **kwargs):
+        def compiled(batch):
+            if batch.tensors[0].shape[0] > 1:  # the recompile for the batch fails
+                raise RuntimeError("unsupported op at batch 2")
+            return infer(batch)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_for_one_image)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*unsupported op at batch 2"):
+        result = benchmark(tiny_model(), compile=True, **{**FAST, "batch": 2})
+    assert result["compiled"] is False and result["throughput_ips"] > 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
