@@ -34,10 +34,10 @@ logger = logging.getLogger(__name__)
 # The default CPU recipe (benchmarks/RESULTS.md has the figures it reaches): a slim
 # ResNet-18-FPN Mask R-CNN (half-width ResNet, 64-channel FPN and heads, 4conv1fc box head
 # with GroupNorm), small anchors for 256-px images, AdamW at a high learning rate, batches
-# of 2 images and no scale jitter (flips and colour jitter only). In a budget of minutes, twice
-# the updates of half the size learn faster (GroupNorm does not care about the batch), and
-# jitter slows learning more than it helps (benchmarks/RESULTS.md). About 0.5 s per step on
-# 2 cores.
+# of 2 images and no scale jitter (flips and colour jitter only). In a budget of minutes,
+# jitter slows learning more than it helps, and twice the updates of half the size learn
+# faster early on (GroupNorm does not care about the batch; at 12 minutes batch 2 and 4 end
+# level): benchmarks/RESULTS.md. About 0.6 s per step on 2 cores.
 DEMO_MODEL = "mask_rcnn_r18_fpn"
 DEMO_MODEL_KWARGS = {
     "width": 32,
