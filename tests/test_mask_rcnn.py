@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from overfit import fit, four_synthetic_images
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from instaseg.data.config import load_data_config
-from instaseg.data.synth import generate_synthetic
 from instaseg.eval import evaluate
 from instaseg.models.convert import convert_checkpoint, convert_torchvision_maskrcnn
 from instaseg.models.image_batch import resized_size
@@ -236,12 +235,7 @@ def test_rejects_labels_out_of_range_and_missing_masks():
 
 def test_overfits_four_synthetic_images(tmp_path):
     """From random init, a small R18 model memorises 4 images: mask AP >= 0.9 on them."""
-    data_yaml = generate_synthetic(
-        tmp_path / "data", num_train=4, num_val=1, seed=0, image_size=(128, 128), max_objects=4
-    )
-    dataset = load_data_config(data_yaml).dataset("train")
-    images, targets = zip(*(dataset[i] for i in range(4)), strict=True)
-    images, targets = list(images), list(targets)
+    images, targets = four_synthetic_images(tmp_path)
     torch.manual_seed(0)
     model = mask_rcnn_r18_fpn(
         6,
@@ -258,15 +252,8 @@ def test_overfits_four_synthetic_images(tmp_path):
         rpn_post_nms_topk_test=100,
         box_batch_size_per_image=64,
     ).train()
-    steps, warmup = 150, 30
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    warmup = 30
+    fit(model, images, targets, steps=150, lr=2e-3, factor=lambda s: min(1.0, (s + 1) / warmup))
     model.eval()
     predictions = model(images)
     metrics = evaluate(targets, predictions, iou_types=("segm", "bbox")).metrics

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from overfit import fit, four_synthetic_images
 
 from instaseg.api import Model, load_model
-from instaseg.data.config import load_data_config
 from instaseg.data.synth import generate_synthetic
 from instaseg.engine import load_weights
 from instaseg.eval import evaluate
@@ -435,16 +435,6 @@ def test_zoo_variants():
 # ----------------------------------------------------------------------------- learning
 
 
-def four_images(tmp_path) -> tuple[list[torch.Tensor], list[Instances]]:
-    """Four synthetic 128 px images (at most 4 objects each) and their instances."""
-    data_yaml = generate_synthetic(
-        tmp_path / "data", num_train=4, num_val=1, seed=0, image_size=(128, 128), max_objects=4
-    )
-    dataset = load_data_config(data_yaml).dataset("train")
-    images, targets = zip(*(dataset[i] for i in range(4)), strict=True)
-    return list(images), list(targets)
-
-
 def overfit(model, images, targets, steps: int = 100, warmup: int = 30) -> dict:
     """Train on the images alone (AdamW 4e-3, linear warmup, then cosine from 1 down to
     0.1), then the segm and bbox metrics of the model's predictions on them."""
@@ -452,15 +442,7 @@ def overfit(model, images, targets, steps: int = 100, warmup: int = 30) -> dict:
     def factor(step: int) -> float:
         return min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    model.train()
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    fit(model, images, targets, steps=steps, lr=4e-3, factor=factor)
     model.eval()
     return evaluate(targets, model(images), iou_types=("segm", "bbox")).metrics
 
@@ -469,7 +451,7 @@ def test_overfits_four_synthetic_images(tmp_path):
     """From random init, a small YOLACT memorises 4 images: mask AP >= 0.9 on them. The
     images are shown to the network at twice their size, so that the stride-4 prototypes
     resolve the smallest objects (8 px)."""
-    images, targets = four_images(tmp_path)
+    images, targets = four_synthetic_images(tmp_path)
     torch.manual_seed(0)
     backbone = resnet_fpn(
         18, width=8, out_channels=32, returned_layers=("c3", "c4", "c5"), extra_levels="p6p7"
@@ -489,9 +471,10 @@ def test_overfits_four_synthetic_images(tmp_path):
 
 
 def test_nano_overfits_four_synthetic_images(tmp_path):
-    """yolact_nano with its zoo defaults (light backbone, BN, GN head, greedy NMS) memorises
-    4 images: its forward, losses and BN inference statistics are consistent."""
-    images, targets = four_images(tmp_path)
+    """yolact_nano with its zoo defaults (light backbone, BN with per-level statistics in the
+    head, ATSS, greedy NMS) memorises 4 images: its forward, losses and BN inference
+    statistics are consistent."""
+    images, targets = four_synthetic_images(tmp_path)
     torch.manual_seed(0)
     model = build_model("yolact_nano", 6, min_size=256, max_size=256).train()
     metrics = overfit(model, images, targets)
