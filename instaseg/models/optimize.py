@@ -91,7 +91,7 @@ def optimize_for_inference(
         for name, child in list(parent.named_children()):
             conv_name = _conv_before(parent, name) if _foldable(child) else None
             if conv_name is not None:
-                _fold_norm(getattr(parent, conv_name), child)
+                fold_norm(getattr(parent, conv_name), child)
                 setattr(parent, name, nn.Identity())
     if winograd and torch._nnpack_available():
         for parent in list(model.modules()):
@@ -148,7 +148,9 @@ def _foldable(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _fold_norm(conv: nn.Conv2d | ModulatedDeformConv2d, norm: nn.Module) -> None:
+def fold_norm(conv: nn.Conv2d | ModulatedDeformConv2d, norm: nn.Module) -> None:
+    """Fold a fixed batch norm (eval-mode statistics) that follows `conv` into it, in place:
+    the module docstring's w' and b'; the norm is then to be dropped."""
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # [C_out]
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1))

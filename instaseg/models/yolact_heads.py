@@ -19,6 +19,7 @@ Prototype frame. Prototype cell (r, c) covers model-frame pixels [s c, s (c + 1)
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instaseg.models.norm import check_norm, make_norm
+from instaseg.models.optimize import fold_norm
 
 
 def conv_block(
@@ -148,18 +150,13 @@ class LevelNormConv(nn.Module):
             return F.relu(self.folded[level](feature))
         return F.relu(self.norms[level](self.conv(feature)))
 
-    @torch.no_grad()
     def fold_norms_(self) -> None:
-        """Eval-mode only: replace the shared conv and the norms by one conv per level,
-        w_l = w * s_l, b_l = beta_l - mean_l * s_l, s_l = gamma_l / sqrt(var_l + eps)."""
+        """Eval-mode only: replace the shared conv and the norms by one copy of the conv per
+        level with that level's norm folded in (`models.optimize.fold_norm`)."""
         folded = []
         for norm in self.norms:
-            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            conv = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, 3, padding=1).to(
-                self.conv.weight
-            )
-            conv.weight.copy_(self.conv.weight * scale.reshape(-1, 1, 1, 1))
-            conv.bias.copy_(norm.bias - norm.running_mean * scale)
+            conv = copy.deepcopy(self.conv)
+            fold_norm(conv, norm)
             folded.append(conv)
         self.folded = nn.ModuleList(folded)
         del self.conv, self.norms
