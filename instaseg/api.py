@@ -25,7 +25,7 @@ from instaseg.data.dataset import InstanceDataset
 from instaseg.data.image_io import read_image
 from instaseg.data.loader import build_loader
 from instaseg.data.sources import list_images
-from instaseg.data.transforms import train_transforms
+from instaseg.data.transforms import TRAIN_SCALE_RANGE, train_transforms
 from instaseg.engine import LRSchedule, Trainer, build_optimizer, load_weights, save_weights
 from instaseg.engine.validation import predict_loader
 from instaseg.eval import EvalResult, evaluate
@@ -112,7 +112,7 @@ class Model:
         workers: int = 2,
         device: str = "cpu",
         out: str | Path = "runs/train",
-        scale_range: tuple[float, float] = (0.5, 1.5),
+        scale_range: tuple[float, float] = TRAIN_SCALE_RANGE,
         optimizer: str = "adamw",
         lr: float | None = None,
         weight_decay: float | None = None,

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from instaseg.api import Model, load_model
 from instaseg.cli.common import choice
 from instaseg.data.errors import DataError
+from instaseg.data.transforms import TRAIN_SCALE_RANGE
 from instaseg.eval.report import format_coco, format_per_class
 from instaseg.models.convert import convert_checkpoint
 from instaseg.models.zoo import MODELS, build_model, model_info
@@ -63,9 +64,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--scale-range",
         type=float,
         nargs=2,
-        default=(0.5, 1.5),
+        default=TRAIN_SCALE_RANGE,
         metavar=("LOW", "HIGH"),
-        help="scale jitter of the training images (default 0.5 1.5; 1 1: none)",
+        help="scale jitter of the training images (default {} {}; 1 1: none)".format(
+            *TRAIN_SCALE_RANGE
+        ),
     )
     train.add_argument("--workers", type=int, default=2, help="loader processes")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -459,7 +459,13 @@ def _hue_matrix(turn: float) -> Tensor:
     return _YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ
 
 
-def train_transforms(image_size: int, *, scale_range: tuple[float, float] = (0.5, 1.5)) -> Compose:
+# the default scale jitter of training (`train_transforms`), suited to short schedules
+TRAIN_SCALE_RANGE = (0.5, 1.5)
+
+
+def train_transforms(
+    image_size: int, *, scale_range: tuple[float, float] = TRAIN_SCALE_RANGE
+) -> Compose:
     """Training preset: scale jitter onto an image_size square, flip, colour jitter.
 
     The default scale range suits short schedules; pass (0.1, 2.0) for the paper's LSJ on
