@@ -5,13 +5,14 @@ Run: .venv/bin/python benchmarks/time_budget.py --model mask_rcnn_r18_fpn --minu
 
 The dataset is the demo's (`instaseg demo`: 200 train and 50 val images at 256 px, seed 0),
 generated under runs/synth unless it is there. Each model trains with the demo's recipe
-(`instaseg.demo`: AdamW lr 2e-3, 100 warmup steps, cosine decay fitted to the budget, batch 4,
-imgsz 256, no scale jitter, validation once at the end); mask_rcnn_r18_fpn uses the demo's
-slim options (DEMO_MODEL_KWARGS) and batch (2), other models their zoo defaults and batches of
-4 (BatchNorm models need them). To compare two models
-"for the same wall time" on a 2-core machine, run both at once with --threads 1 each, or one
-after the other with --threads 2 on an otherwise idle machine. `--write` adds or replaces this
-model's row in the "## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
+(`instaseg.demo`: AdamW lr 2e-3, 100 warmup steps, cosine decay fitted to the budget, imgsz
+256, no scale jitter, validation once at the end); mask_rcnn_r18_fpn uses the demo's slim
+options (DEMO_MODEL_KWARGS) and batch (2), other models their zoo defaults and batches of 4
+(BatchNorm models need them). --lr, --batch, --scale-range and --model-opt vary the recipe for
+ablations, --label names the row. To compare two models "for the same wall time" on a 2-core
+machine, run both at once with --threads 1 each, or one after the other with --threads 2 on an
+otherwise idle machine. `--write` adds or replaces this row (by its name) in the
+"## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
