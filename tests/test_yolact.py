@@ -21,6 +21,7 @@ from instaseg.models.matching import IGNORED, NEGATIVE, POSITIVE
 from instaseg.models.optimize import optimize_for_inference
 from instaseg.models.yolact import YOLACT, YolactOutput
 from instaseg.models.yolact_heads import (
+    Protonet,
     box_crop_weights,
     paste_prototype_masks,
     prototype_targets,
@@ -156,6 +157,32 @@ def test_batch_gives_the_same_results_as_single_images():
 
 
 # ----------------------------------------------------------------------------- geometry
+
+
+def test_pixel_shuffle_protonet_is_a_transposed_conv_after_the_p3_convs():
+    """The sub-pixel layout: P3 cell (r, c) gives prototype j at stride-4 cell (2r + dy,
+    2c + dx) from channel 4 j + 2 dy + dx, i.e. a 2 x 2 stride-2 transposed conv."""
+    torch.manual_seed(0)
+    protonet = Protonet(6, 3, channels=8, norm=None, upsampling="pixel_shuffle").eval()
+    feature = torch.randn(2, 6, 5, 7)
+    prototypes = protonet(feature)
+    assert prototypes.shape == (2, 3, 10, 14) and prototypes.min() >= 0
+    hidden = protonet.refine(protonet.convs(feature))  # every conv at P3's resolution
+    conv = protonet.prototypes  # weight [4k, C, 1, 1] -> transposed conv weight [C, k, 2, 2]
+    with torch.no_grad():
+        conv.bias.normal_()  # one bias per prototype and sub-cell
+    weight = conv.weight[:, :, 0, 0].T.reshape(8, 3, 2, 2)
+    bias = conv.bias.view(1, 3, 2, 2).repeat(1, 1, 5, 7)  # tiled over the P3 cells
+    expected = F.relu(F.conv_transpose2d(hidden, weight, stride=2) + bias)
+    torch.testing.assert_close(protonet(feature), expected)
+    # the channel layout by hand: channel 4 j + 2 dy + dx lands on sub-cell (dy, dx)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.arange(12.0))
+    grid = protonet(feature)[0, :, :2, :2]  # the first P3 cell's 2 x 2 sub-cells
+    torch.testing.assert_close(grid, torch.arange(12.0).view(3, 2, 2))
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        Protonet(6, 3, channels=8, upsampling="nearest")
 
 
 def test_box_crop_weights_cover_the_box():
@@ -409,6 +436,8 @@ def test_rejects_bad_targets_and_options():
         model([random_image(64, 64, 0)])
     with pytest.raises(ValueError, match="anchor_sizes needs one size per pyramid level"):
         tiny_model(anchor_sizes=(16, 32))
+    with pytest.raises(ValueError, match="protonet_upsampling must be one of"):
+        tiny_model(protonet_upsampling="deconv")
     with pytest.raises(TypeError, match="did you mean num_prototypes"):
         yolact_r50(3, num_prototype=8)
 

@@ -65,6 +65,7 @@ from instaseg.models.image_batch import (
 )
 from instaseg.models.matching import NEGATIVE, POSITIVE, atss_match, match_candidates
 from instaseg.models.yolact_heads import (
+    PROTONET_UPSAMPLING,
     MaskIoUHead,
     PredictionHead,
     Protonet,
@@ -135,7 +136,8 @@ class YOLACT(nn.Module):
     Head: head_channels wide, head_convs shared 3x3 convs before the three branches, whose
         convs have head_kernel_size 3 (the paper) or 1 (cheaper); head_norm "gn", "bn",
         "frozen_bn" or None for the head and the protonet.
-    Masks: num_prototypes k, protonet_channels, separable_refine (`Protonet`); semantic_loss
+    Masks: num_prototypes k, protonet_channels, separable_refine and protonet_upsampling
+        ("bilinear" or "pixel_shuffle"; `Protonet`); semantic_loss
         adds the auxiliary semantic segmentation branch (training only); mask_rescoring adds
         YOLACT++'s mask-IoU head, trained on objects of at least mask_iou_min_area prototype
         cells.
@@ -170,6 +172,7 @@ class YOLACT(nn.Module):
         num_prototypes: int = 32,
         protonet_channels: int = 256,
         separable_refine: bool = False,
+        protonet_upsampling: str = "bilinear",
         semantic_loss: bool = True,
         mask_rescoring: bool = False,
         mask_iou_min_area: float = 25.0,
@@ -208,6 +211,7 @@ class YOLACT(nn.Module):
             head_norm=head_norm,
             num_prototypes=num_prototypes,
             protonet_channels=protonet_channels,
+            protonet_upsampling=protonet_upsampling,
             assigner=assigner,
             fg_iou_threshold=fg_iou_threshold,
             bg_iou_threshold=bg_iou_threshold,
@@ -259,6 +263,7 @@ class YOLACT(nn.Module):
             channels=protonet_channels,
             norm=head_norm,
             separable_refine=separable_refine,
+            upsampling=protonet_upsampling,
         )
         self.semantic_head = semantic_head(channels, num_classes) if semantic_loss else None
         self.mask_iou_head = MaskIoUHead(num_classes) if mask_rescoring else None
@@ -605,6 +610,7 @@ def _check_options(
     head_convs: int,
     head_kernel_size: int,
     head_norm: str | None,
+    protonet_upsampling: str,
     assigner: str,
     fg_iou_threshold: float,
     bg_iou_threshold: float,
@@ -625,6 +631,10 @@ def _check_options(
     if head_kernel_size not in (1, 3):
         raise ValueError(f"head_kernel_size must be 1 or 3, got {head_kernel_size!r}")
     check_head_norm(head_norm, "head_norm")
+    if protonet_upsampling not in PROTONET_UPSAMPLING:
+        raise ValueError(
+            f"protonet_upsampling must be one of {PROTONET_UPSAMPLING}, got {protonet_upsampling!r}"
+        )
     if not 0 <= bg_iou_threshold <= fg_iou_threshold <= 1:
         raise ValueError(
             "need 0 <= bg_iou_threshold <= fg_iou_threshold <= 1, got "
