@@ -1,6 +1,7 @@
 """Latency per stage, throughput, params and GFLOPs of the zoo's main models (`instaseg bench`).
 
-Run: .venv/bin/python benchmarks/model_latency.py [--model NAME:IMGSZ[:DETECTIONS] ...] [--write]
+Run: .venv/bin/python benchmarks/model_latency.py [--model NAME:IMGSZ[:DETECTIONS[:compile]] ...]
+         [--write]
 
 By default: yolact_r50 at 550, yolact_nano at 640 and mask_rcnn_r50_fpn at 640, each built
 with random weights (seed 0), 80 classes and min_size = max_size = imgsz, and measured with
@@ -8,7 +9,9 @@ with random weights (seed 0), 80 classes and min_size = max_size = imgsz, and me
 threshold 0 and 100 detections per image (the worst case for post-processing; a third field
 forces another count), 20 timed single-image calls after 5 warm-up calls, throughput at
 batch 8. yolact_nano runs a second time with 10 detections, about what a trained model finds
-on a street photo, to set beside Ultralytics' `predict` figure. Names not in the zoo yet are
+on a street photo, to set beside Ultralytics' `predict` figure, and both yolact_nano rows
+run again with the network under torch.compile (a fourth field "compile"; frozen weights, see
+`instaseg.bench`). Names not in the zoo yet are
 skipped with a note. --write replaces the "## Model latency" section of benchmarks/RESULTS.md
 with the command, the machine, the table and the Ultralytics reference.
 """
@@ -30,6 +33,8 @@ DEFAULT_MODELS = (
     "yolact_r50:550",
     "yolact_nano:640",
     "yolact_nano:640:10",
+    "yolact_nano:640:100:compile",
+    "yolact_nano:640:10:compile",
     "mask_rcnn_r50_fpn:640",
 )
 REFERENCE = (
@@ -39,20 +44,24 @@ REFERENCE = (
 )
 
 
-def model_spec(text: str) -> tuple[str, int, int]:
-    """`NAME:IMGSZ[:DETECTIONS]` -> (name, imgsz, forced detections, default 100)."""
-    name, *numbers = text.split(":")
-    if not 1 <= len(numbers) <= 2 or not all(n.isdigit() and int(n) > 0 for n in numbers):
+def model_spec(text: str) -> tuple[str, int, int, bool]:
+    """`NAME:IMGSZ[:DETECTIONS[:compile]]` -> (name, imgsz, forced detections (default 100),
+    whether to torch.compile the network)."""
+    name, *fields = text.split(":")
+    compile = len(fields) == 3 and fields[2] == "compile"
+    if compile:
+        fields.pop()
+    if not 1 <= len(fields) <= 2 or not all(n.isdigit() and int(n) > 0 for n in fields):
         raise argparse.ArgumentTypeError(
-            f"expected NAME:IMGSZ[:DETECTIONS], e.g. yolact_nano:640 or yolact_nano:640:10, "
-            f"got {text!r}"
+            "expected NAME:IMGSZ[:DETECTIONS[:compile]], e.g. yolact_nano:640, "
+            f"yolact_nano:640:10 or yolact_nano:640:10:compile, got {text!r}"
         )
-    return name, int(numbers[0]), int(numbers[1]) if len(numbers) == 2 else 100
+    return name, int(fields[0]), int(fields[1]) if len(fields) == 2 else 100, compile
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
-    for name, imgsz, detections in args.model:
+    for name, imgsz, detections, compile in args.model:
         if name not in MODELS:
             print(f"note: {name} is not in the zoo yet; skipped", flush=True)
             continue
@@ -65,7 +74,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             runs=args.runs,
             warmup=args.warmup,
             batch=args.batch,
-            compile=args.compile,
+            compile=compile or args.compile,
             optimize=not args.no_optimize,
             detections=detections,
         )
@@ -76,16 +85,17 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 HEADER = (
-    "| model | imgsz | params (M) | GFLOPs | median ms | p90 ms | preprocess ms | network ms "
-    "| postprocess ms | images/s (batch) | detections |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| model | network | imgsz | params (M) | GFLOPs | median ms | p90 ms | preprocess ms "
+    "| network ms | postprocess ms | images/s (batch) | detections |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def table_row(result: dict) -> str:
     latency = result["latency_ms"]
     return (
-        f"| `{result['model']}` | {result['imgsz']} | {result['params'] / 1e6:.2f} "
+        f"| `{result['model']}` | {'compiled' if result['compiled'] else 'eager'} "
+        f"| {result['imgsz']} | {result['params'] / 1e6:.2f} "
         f"| {result['gflops']:.1f} | {latency['median']:.1f} | {latency['p90']:.1f} "
         f"| {latency['preprocess']:.1f} | {latency['network']:.1f} "
         f"| {latency['postprocess']:.1f} | {result['throughput_ips']:.2f} ({result['batch']}) "
@@ -96,8 +106,14 @@ def table_row(result: dict) -> str:
 def section(rows: list[dict], args: argparse.Namespace) -> str:
     command = ".venv/bin/python benchmarks/model_latency.py " + " ".join(sys.argv[1:])
     variant = "optimize_for_inference" if not args.no_optimize else "as built"
-    variant += ", torch.compile" if args.compile else ", eager"
-    compiled = [row["model"] for row in rows if args.compile and not row["compiled"]]
+    variant += ", every network under torch.compile" if args.compile else ""
+    wanted = {(name, imgsz, n) for name, imgsz, n, compile in args.model if compile}
+    compiled = [
+        row["model"]
+        for row in rows
+        if not row["compiled"]
+        and (args.compile or (row["model"], row["imgsz"], row["forced_detections"]) in wanted)
+    ]
     lines = [
         SECTION,
         "",
@@ -118,7 +134,7 @@ def section(rows: list[dict], args: argparse.Namespace) -> str:
         REFERENCE,
     ]
     if compiled:
-        lines += ["", f"torch.compile failed for {', '.join(compiled)}: those rows are eager."]
+        lines += ["", f"torch.compile failed for {', '.join(compiled)}: those rows ran eagerly."]
     if args.note:
         lines += ["", args.note.strip()]
     return "\n".join(lines) + "\n"
@@ -131,7 +147,7 @@ def main() -> None:
         nargs="+",
         type=model_spec,
         default=[model_spec(spec) for spec in DEFAULT_MODELS],
-        metavar="NAME:IMGSZ[:DETECTIONS]",
+        metavar="NAME:IMGSZ[:DETECTIONS[:compile]]",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
