@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             detections=detections,
         )
         result["model"] = name
+        result["compile_requested"] = compile or args.compile
         rows.append(result)
         print(table_row(result), flush=True)
     return rows
@@ -107,13 +108,7 @@ def section(rows: list[dict], args: argparse.Namespace) -> str:
     command = ".venv/bin/python benchmarks/model_latency.py " + " ".join(sys.argv[1:])
     variant = "optimize_for_inference" if not args.no_optimize else "as built"
     variant += ", every network under torch.compile" if args.compile else ""
-    wanted = {(name, imgsz, n) for name, imgsz, n, compile in args.model if compile}
-    compiled = [
-        row["model"]
-        for row in rows
-        if not row["compiled"]
-        and (args.compile or (row["model"], row["imgsz"], row["forced_detections"]) in wanted)
-    ]
+    failed = [row["model"] for row in rows if row["compile_requested"] and not row["compiled"]]
     lines = [
         SECTION,
         "",
@@ -133,8 +128,8 @@ def section(rows: list[dict], args: argparse.Namespace) -> str:
         "",
         REFERENCE,
     ]
-    if compiled:
-        lines += ["", f"torch.compile failed for {', '.join(compiled)}: those rows ran eagerly."]
+    if failed:
+        lines += ["", f"torch.compile failed for {', '.join(failed)}: those rows ran eagerly."]
     if args.note:
         lines += ["", args.note.strip()]
     return "\n".join(lines) + "\n"

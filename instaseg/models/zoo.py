@@ -246,10 +246,11 @@ def yolact_plus_r50(num_classes: int, *, weights: str | None = None, **overrides
 # anchor per location: with ATSS assignment one anchor per location does as well as several
 # (Zhang et al. 2020, "Bridging the Gap Between Anchor-based and Anchor-free Detection"), and
 # it makes the predictor convs, their outputs and the post-processing 3x smaller. Together
-# these took ~30% off the network's time for ~0.01 mask AP on the synthetic set
-# (benchmarks/RESULTS.md). 1x1 predictor convs, as in YOLO heads, cost a ninth of YOLACT's
-# 3x3 ones. BN everywhere, so that every norm folds into its conv at inference; the shared
-# head keeps one BN per pyramid level (`yolact_heads.LevelNormConv`; GN there cost ~12 ms).
+# these took 30-35% off the network's time, at no loss of mask AP that 12-minute runs on the
+# synthetic set can resolve (benchmarks/RESULTS.md). 1x1 predictor convs, as in YOLO heads,
+# cost a ninth of YOLACT's 3x3 ones. BN everywhere, so that every norm folds into its conv
+# at inference; the shared head keeps one BN per pyramid level (`yolact_heads.LevelNormConv`;
+# GN there cost ~12 ms).
 # ATSS assignment: the paper's IoU >= 0.5 rule gives an object one or two positive anchors,
 # too little signal for a small model learning from scratch (benchmarks/RESULTS.md). Greedy
 # NMS: on the CPU it takes about a third of Fast NMS's time at 80 classes x 200 candidates
