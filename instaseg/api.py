@@ -29,7 +29,7 @@ from instaseg.data.transforms import TRAIN_SCALE_RANGE, train_transforms
 from instaseg.engine import LRSchedule, Trainer, build_optimizer, load_weights, save_weights
 from instaseg.engine.validation import predict_loader
 from instaseg.eval import EvalResult, evaluate
-from instaseg.models.zoo import MODELS, build_model
+from instaseg.models.zoo import MODELS, build_model, load_state_strictly
 from instaseg.structures import Instances
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def load_model(
         )
     kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
     network = build_model(metadata["model"], len(metadata["classes"]), **kwargs)
-    network.load_state_dict(state)
+    load_state_strictly(network, state, str(path))
     return Model(
         metadata["model"],
         model_kwargs=kwargs,

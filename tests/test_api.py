@@ -65,6 +65,19 @@ def test_load_model_round_trip_predicts_the_same(trained, data):
     assert len(folder_results) == 2 and folder_results[0].image_size == (64, 64)
 
 
+def test_weights_of_another_architecture_get_an_error_naming_the_file(trained):
+    """Options that change the architecture (here the mask head's width; a changed zoo default
+    does the same to an old checkpoint) give one clear error, not torch's list of tensors."""
+    _, out, _ = trained
+    weights = out / "best.safetensors"
+    with pytest.raises(ValueError) as error:
+        instaseg.load_model(weights, mask_conv_dim=16)
+    message = str(error.value)
+    assert message.startswith(f"{weights}: the weights do not fit MaskRCNN as built")
+    assert "with other shapes, e.g. roi_heads.mask_head" in message
+    assert "convs.0.0.weight (32, 32, 3, 3) (model: (16, 32, 3, 3))" in message
+
+
 def test_cli_val_and_predict(trained, data, tmp_path, capsys):
     _, out, _ = trained
     weights = str(out / "best.safetensors")

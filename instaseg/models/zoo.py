@@ -155,6 +155,36 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise TypeError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    load_state_strictly(model, state, path)
+
+
+def load_state_strictly(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """model.load_state_dict(state) with every key and shape checked first; a mismatch raises
+    ValueError naming `source` (the checkpoint) and the first differences, instead of torch's
+    list of every tensor."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} {tuple(state[key].shape)} (model: {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in state and tuple(state[key].shape) != tuple(value.shape)
+    ]
+    if missing or unexpected or reshaped:
+        details = "; ".join(
+            f"{len(keys)} {what}, e.g. {', '.join(keys[:2])}"
+            for what, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("with other shapes", reshaped),
+            )
+            if keys
+        )
+        raise ValueError(
+            f"{source}: the weights do not fit {type(model).__name__} as built ({details}). "
+            "They come from another architecture: another model or options, or a version of "
+            "instaseg whose defaults for this model differed."
+        )
     model.load_state_dict(state, strict=True)
 
 
