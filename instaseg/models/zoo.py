@@ -268,32 +268,32 @@ def yolact_plus_r50(num_classes: int, *, weights: str | None = None, **overrides
     return _build_yolact(50, num_classes, weights, {**YOLACT_PLUS_OPTIONS, **overrides})
 
 
-# ~1.3 M parameters and ~4.3 GFLOPs at 640 x 640 with 80 classes (`model_info`): the light
-# backbone at width 1.0 with one bottleneck per stage (depth 0.5), and narrow FPN, head and
-# protonet, where most of the FLOPs are (P3). Every conv of the protonet runs at P3's
-# resolution and a sub-pixel conv makes the stride-4 prototypes (protonet_upsampling=
-# "pixel_shuffle"; the paper's 3x3 conv at stride 4 was the costliest layer). One square
-# anchor per location: with ATSS assignment one anchor per location does as well as several
-# (Zhang et al. 2020, "Bridging the Gap Between Anchor-based and Anchor-free Detection"), and
-# it makes the predictor convs, their outputs and the post-processing 3x smaller. Together
-# these took 30-35% off the network's time, at no loss of mask AP that 12-minute runs on the
-# synthetic set can resolve (benchmarks/RESULTS.md). 1x1 predictor convs, as in YOLO heads,
-# cost a ninth of YOLACT's 3x3 ones. BN everywhere, so that every norm folds into its conv
-# at inference; the shared head keeps one BN per pyramid level (`yolact_heads.LevelNormConv`;
-# GN there cost ~12 ms).
-# ATSS assignment: the paper's IoU >= 0.5 rule gives an object one or two positive anchors,
-# too little signal for a small model learning from scratch (benchmarks/RESULTS.md). Greedy
-# NMS: on the CPU it takes about a third of Fast NMS's time at 80 classes x 200 candidates
-# (Fast NMS's [C, k, k] IoU pays on a GPU), and it is slightly more accurate.
+# ~1.2 M parameters and ~3.6 GFLOPs at 640 x 640 with 80 classes (`model_info`): the light backbone
+# at width 1.0 with one bottleneck per stage (depth 0.5), and narrow FPN and head (48 channels) and
+# protonet (32), where most of the FLOPs are (P3). Every conv of the protonet runs at P3's
+# resolution and a sub-pixel conv makes the stride-4 prototypes
+# (protonet_upsampling="pixel_shuffle"; the paper's 3x3 conv at stride 4 was the costliest layer).
+# One square anchor per location: with ATSS assignment one anchor per location does as well as
+# several (Zhang et al. 2020, "Bridging the Gap Between Anchor-based and Anchor-free Detection"),
+# and it makes the predictor convs, their outputs and the post-processing 3x smaller. Together
+# these, and the FPN and head at 48 channels instead of 64, took ~40% off the network's time
+# (interleaved A/B runs), for a loss of mask AP on the synthetic set within the noise of 12-minute
+# runs (0.00-0.02; benchmarks/RESULTS.md). 1x1 predictor convs, as in YOLO heads, cost a ninth of
+# YOLACT's 3x3 ones. BN everywhere, so that every norm folds into its conv at inference; the shared
+# head keeps one BN per pyramid level (`yolact_heads.LevelNormConv`; GN there cost ~12 ms). ATSS
+# assignment: the paper's IoU >= 0.5 rule gives an object one or two positive anchors, too little
+# signal for a small model learning from scratch (benchmarks/RESULTS.md). Greedy NMS: on the CPU it
+# takes about a third of Fast NMS's time at 80 classes x 200 candidates (Fast NMS's [C, k, k] IoU
+# pays on a GPU), and it is slightly more accurate.
 YOLACT_NANO_OPTIONS: dict[str, Any] = {
     "width": 1.0,
     "depth": 0.5,
     "norm": "bn",
     "fpn_norm": "bn",
-    "fpn_channels": 64,
+    "fpn_channels": 48,
     "min_size": 640,
     "max_size": 640,
-    "head_channels": 64,
+    "head_channels": 48,
     "head_kernel_size": 1,
     "head_norm": "bn",
     "protonet_channels": 32,
@@ -306,7 +306,7 @@ YOLACT_NANO_OPTIONS: dict[str, Any] = {
 
 def yolact_nano(num_classes: int, *, weights: str | None = None, **overrides: Any) -> YOLACT:
     """YOLACT on the light CSP backbone (models.light_backbone), 640 x 640, for CPU latency:
-    ~1.3 M parameters, ~4.3 GFLOPs at 640 with 80 classes, greedy NMS. Backbone options:
+    ~1.2 M parameters, ~3.6 GFLOPs at 640 with 80 classes, greedy NMS. Backbone options:
     width and depth (float multipliers of the light backbone), norm, fpn_norm, fpn_channels."""
     return _build_yolact_nano(num_classes, weights, {**YOLACT_NANO_OPTIONS, **overrides})
 
