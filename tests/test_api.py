@@ -65,6 +65,29 @@ def test_load_model_round_trip_predicts_the_same(trained, data):
     assert len(folder_results) == 2 and folder_results[0].image_size == (64, 64)
 
 
+def test_predict_runs_an_optimized_copy_that_follows_the_weights(trained):
+    _, out, _ = trained
+    # score threshold 0: the tiny model scores low, and the test needs detections
+    loaded = instaseg.load_model(out / "best.safetensors", score_threshold=0.0)
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    (fast,) = loaded.predict(image, conf=0.0)
+    (plain,) = loaded.predict(image, conf=0.0, optimize=False)
+    assert torch.equal(fast.labels, plain.labels) and len(fast) > 0
+    torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-4, atol=1e-5)
+    copy = loaded._inference_copy.network
+    assert copy is not loaded.network and not copy.training
+    loaded.predict(image, conf=0.0)
+    assert loaded._inference_copy.network is copy  # made once
+    # new weights (here: the first class's logit pushed up in place) reach predict
+    with torch.no_grad():
+        loaded.network.roi_heads.box_predictor.cls_score.bias[0] += 5.0
+    (shifted,) = loaded.predict(image, conf=0.0)
+    (wanted,) = loaded.predict(image, conf=0.0, optimize=False)
+    assert loaded._inference_copy.network is not copy
+    torch.testing.assert_close(shifted.scores, wanted.scores, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(shifted.scores, fast.scores)
+
+
 def test_weights_of_another_architecture_get_an_error_naming_the_file(trained):
     """Options that change the architecture (here the mask head's width; a changed zoo default
     does the same to an old checkpoint) give one clear error, not torch's list of tensors."""
