@@ -95,8 +95,8 @@ class Model:
 
     def _inference_network(self) -> nn.Module:
         """The optimize_for_inference copy of the network, made again whenever the network,
-        one of its tensors or a tensor's values changed since (training, load_state_dict and
-        in-place edits bump a tensor's version counter)."""
+        one of its tensors, a tensor's values (training, load_state_dict and in-place edits
+        bump a tensor's version counter) or a module's setting changed since."""
         network = self._require_network("predict")
         if self._inference_copy is None or not self._inference_copy.made_from(network):
             self._inference_copy = _InferenceCopy.of(network)
@@ -309,13 +309,14 @@ def load_model(
 @dataclass
 class _InferenceCopy:
     """An inference copy of a network and what it was made from: weak references to the
-    network and to its parameters and buffers (identity, not ids: ids are reused), and their
-    version counters."""
+    network and to its parameters and buffers (identity, not ids: ids are reused), their
+    version counters, and the modules' plain settings (score_threshold and the like)."""
 
     network: nn.Module
     source: weakref.ref
     tensors: list[weakref.ref]
     versions: list[int]
+    settings: list[dict[str, Any]]
 
     @classmethod
     def of(cls, network: nn.Module) -> _InferenceCopy:
@@ -325,6 +326,7 @@ class _InferenceCopy:
             source=weakref.ref(network),
             tensors=[weakref.ref(t) for t in tensors],
             versions=[t._version for t in tensors],
+            settings=_settings(network),
         )
 
     def made_from(self, network: nn.Module) -> bool:
@@ -334,11 +336,26 @@ class _InferenceCopy:
             and len(tensors) == len(self.tensors)
             and all(ref() is t for ref, t in zip(self.tensors, tensors, strict=True))
             and [t._version for t in tensors] == self.versions
+            and _settings(network) == self.settings
         )
 
 
 def _state_tensors(network: nn.Module) -> list[Tensor]:
     return [*network.parameters(), *network.buffers()]
+
+
+def _settings(network: nn.Module) -> list[dict[str, Any]]:
+    """Each module's public attributes of plain types (thresholds, counts, names), except its
+    train/eval flag."""
+    plain = (bool, int, float, str, tuple, type(None))
+    return [
+        {
+            name: value
+            for name, value in vars(module).items()
+            if isinstance(value, plain) and not name.startswith("_") and name != "training"
+        }
+        for module in network.modules()
+    ]
 
 
 def _keep_confident(instances: Instances, conf: float) -> Instances:

@@ -86,6 +86,9 @@ def test_predict_runs_an_optimized_copy_that_follows_the_weights(trained):
     assert loaded._inference_copy.network is not copy
     torch.testing.assert_close(shifted.scores, wanted.scores, rtol=1e-4, atol=1e-5)
     assert not torch.equal(shifted.scores, fast.scores)
+    # and so do new settings
+    loaded.network.roi_heads.detections_per_image = 3
+    assert len(loaded.predict(image, conf=0.0)[0]) == 3
 
 
 def test_weights_of_another_architecture_get_an_error_naming_the_file(trained):
