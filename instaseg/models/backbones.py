@@ -49,7 +49,8 @@ from torch import Tensor, nn
 
 from instaseg.models.deform_conv import ModulatedDeformConv2d
 from instaseg.models.fpn import FPN, ExtraLevels
-from instaseg.models.norm import FrozenBatchNorm2d, check_norm, make_norm
+from instaseg.models.norm import check_norm, make_norm
+from instaseg.models.state_dict import preview, state_dict_differences
 
 logger = logging.getLogger(__name__)
 
@@ -507,7 +508,7 @@ def load_resnet_weights(
             "load_resnet_weights: %d deformable-conv offset keys kept as they were", len(kept)
         )
     if dropped:
-        logger.info("load_resnet_weights: dropped %d keys: %s", len(dropped), _preview(dropped))
+        logger.info("load_resnet_weights: dropped %d keys: %s", len(dropped), preview(dropped))
     return dropped
 
 
@@ -525,45 +526,23 @@ def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 def _check_resnet_state(body: ResNet, state: dict[str, Tensor]) -> None:
     """Raise a ValueError that lists every mismatch between `state` and `body`'s state dict."""
-    not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
-    if not_tensors:
-        raise TypeError(
-            f"weights must map names to tensors, but {_preview(not_tensors)} are not tensors; "
-            "for a training checkpoint, pass its model state dict"
-        )
-    expected = body.state_dict()
-    ignored = {
-        f"{name}.num_batches_tracked"
-        for name, module in body.named_modules()
-        if isinstance(module, FrozenBatchNorm2d)
-    }
-    # BatchNorm fills a missing step counter itself (frozen-BN checkpoints have none), and
     # plain checkpoints have no offset convs
-    optional = set(_offset_keys(body))
-    missing = [
-        key
-        for key in expected
-        if key not in state and not key.endswith(".num_batches_tracked") and key not in optional
-    ]
-    unexpected = [key for key in state if key not in expected and key not in ignored]
-    mismatched = [
-        f"{key} {tuple(state[key].shape)} (model: {tuple(value.shape)})"
-        for key, value in expected.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    if not (missing or unexpected or mismatched):
+    differences = state_dict_differences(body, state, optional=set(_offset_keys(body)))
+    if not differences:
         return
     problems = [
-        f"{label} ({len(keys)}): {_preview(keys)}"
+        f"{label} ({len(keys)}): {preview(keys)}"
         for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", mismatched),
+            ("missing", differences.missing),
+            ("unexpected", differences.unexpected),
+            ("wrong shape", differences.reshaped),
         )
         if keys
     ]
     raise ValueError(
-        "weights do not fit this ResNet; " + "; ".join(problems) + _hint(body, missing, unexpected)
+        "weights do not fit this ResNet; "
+        + "; ".join(problems)
+        + _hint(body, differences.missing, differences.unexpected)
     )
 
 
@@ -598,8 +577,3 @@ def _hint(body: ResNet, missing: list[str], unexpected: list[str]) -> str:
             ". The weights have no BatchNorm statistics (GroupNorm weights?): build with norm='gn'"
         )
     return ""
-
-
-def _preview(keys: list[str], limit: int = 5) -> str:
-    more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more

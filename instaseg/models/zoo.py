@@ -45,6 +45,7 @@ from instaseg.models.fpn import FPN
 from instaseg.models.light_backbone import nano_backbone
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.norm import FrozenBatchNorm2d
+from instaseg.models.state_dict import state_dict_differences
 from instaseg.models.yolact import YOLACT
 
 BACKBONE_OPTIONS = (
@@ -159,24 +160,20 @@ def load_weights(model: nn.Module, weights: str | os.PathLike[str]) -> None:
 
 
 def load_state_strictly(model: nn.Module, state: dict[str, Any], source: str) -> None:
-    """model.load_state_dict(state) with every key and shape checked first; a mismatch raises
-    ValueError naming `source` (the checkpoint) and the first differences, instead of torch's
-    list of every tensor."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    reshaped = [
-        f"{key} {tuple(state[key].shape)} (model: {tuple(value.shape)})"
-        for key, value in expected.items()
-        if key in state and tuple(state[key].shape) != tuple(value.shape)
-    ]
-    if missing or unexpected or reshaped:
+    """model.load_state_dict(state) with every key and shape checked first
+    (`models.state_dict`); a mismatch raises ValueError naming `source` (the checkpoint) and
+    the first differences, instead of torch's list of every tensor."""
+    try:
+        differences = state_dict_differences(model, state)
+    except TypeError as error:  # values that are not tensors
+        raise TypeError(f"{source}: {error}") from None
+    if differences:
         details = "; ".join(
             f"{len(keys)} {what}, e.g. {', '.join(keys[:2])}"
             for what, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("with other shapes", reshaped),
+                ("missing", differences.missing),
+                ("unexpected", differences.unexpected),
+                ("with other shapes", differences.reshaped),
             )
             if keys
         )
