@@ -65,12 +65,12 @@ from instaseg.models.image_batch import (
 )
 from instaseg.models.matching import NEGATIVE, POSITIVE, atss_match, match_candidates
 from instaseg.models.yolact_heads import (
-    PROTONET_UPSAMPLING,
     MaskIoUHead,
     PredictionHead,
     Protonet,
     box_crop_weights,
     check_head_norm,
+    check_protonet_upsampling,
     paste_prototype_masks,
     prototype_targets,
     semantic_head,
@@ -631,10 +631,7 @@ def _check_options(
     if head_kernel_size not in (1, 3):
         raise ValueError(f"head_kernel_size must be 1 or 3, got {head_kernel_size!r}")
     check_head_norm(head_norm, "head_norm")
-    if protonet_upsampling not in PROTONET_UPSAMPLING:
-        raise ValueError(
-            f"protonet_upsampling must be one of {PROTONET_UPSAMPLING}, got {protonet_upsampling!r}"
-        )
+    check_protonet_upsampling(protonet_upsampling, "protonet_upsampling")
     if not 0 <= bg_iou_threshold <= fg_iou_threshold <= 1:
         raise ValueError(
             "need 0 <= bg_iou_threshold <= fg_iou_threshold <= 1, got "

@@ -198,8 +198,7 @@ class Protonet(nn.Module):
         upsampling: str = "bilinear",
     ) -> None:
         super().__init__()
-        if upsampling not in PROTONET_UPSAMPLING:
-            raise ValueError(f"upsampling must be one of {PROTONET_UPSAMPLING}, got {upsampling!r}")
+        check_protonet_upsampling(upsampling, "upsampling")
         self.upsampling = upsampling
         self.convs = nn.Sequential(
             conv_block(in_channels, channels, norm),
@@ -377,6 +376,12 @@ def _interpolation_weights(
     weights.index_put_((rows, high), upper, accumulate=True)
     reads = list(zip(low.tolist(), (high + 1).tolist(), strict=True))
     return weights.to(device=like.device, dtype=like.dtype), reads
+
+
+def check_protonet_upsampling(upsampling: str, argument: str) -> None:
+    """Raise ValueError naming `argument` unless upsampling is one of PROTONET_UPSAMPLING."""
+    if upsampling not in PROTONET_UPSAMPLING:
+        raise ValueError(f"{argument} must be one of {PROTONET_UPSAMPLING}, got {upsampling!r}")
 
 
 def check_head_norm(norm: str | None, argument: str) -> None:
