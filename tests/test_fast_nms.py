@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from naive_boxes import iou
 
 from instaseg.ops.fast_nms import NMS_METHODS, fast_nms, standard_nms
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _reference(boxes, scores, threshold, top_k, score_threshold, max_detections, greedy):
@@ -28,7 +21,7 @@ def _reference(boxes, scores, threshold, top_k, score_threshold, max_detections,
         kept: list[int] = []
         for rank, j in enumerate(ranked):
             rivals = kept if greedy else ranked[:rank]
-            if all(_iou(box_list[i], box_list[j]) <= threshold for i in rivals):
+            if all(iou(box_list[i], box_list[j]) <= threshold for i in rivals):
                 kept.append(j)
                 if score_list[j][c] > score_threshold:
                     found.append((-score_list[j][c], c, rank, j))

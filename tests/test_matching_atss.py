@@ -7,16 +7,9 @@ import math
 
 import pytest
 import torch
+from naive_boxes import iou
 
 from instaseg.models.matching import IGNORED, NEGATIVE, POSITIVE, atss_match
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def centre(box: list[float]) -> tuple[float, float]:

@@ -6,17 +6,9 @@ import importlib
 
 import pytest
 import torch
+from naive_boxes import iou
 
 from instaseg.ops import batched_nms, nms
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    """IoU of two xyxy boxes, torchvision's arithmetic (no +1; 0/0 is treated as no overlap)."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _greedy(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
@@ -24,7 +16,7 @@ def _greedy(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list
     order = sorted(range(len(box_list)), key=lambda i: -score_list[i])  # stable: ties by index
     kept: list[int] = []
     for i in order:
-        if all(_iou(box_list[k], box_list[i]) <= threshold for k in kept):
+        if all(iou(box_list[k], box_list[i]) <= threshold for k in kept):
             kept.append(i)
     return kept
 
