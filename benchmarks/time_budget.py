@@ -1,7 +1,7 @@
 """Val mask AP on the synthetic demo dataset after a fixed training budget (`--time`).
 
 Run: .venv/bin/python benchmarks/time_budget.py --model mask_rcnn_r18_fpn --minutes 12 \
-         --threads 2 [--write]
+         --threads 2 [--val-every N] [--write]
 
 The dataset is the demo's (`instaseg demo`: 200 train and 50 val images at 256 px, seed 0),
 generated under runs/synth unless it is there. Each model trains with the demo's recipe
@@ -9,9 +9,11 @@ generated under runs/synth unless it is there. Each model trains with the demo's
 256, no scale jitter, validation once at the end); mask_rcnn_r18_fpn uses the demo's slim
 options (DEMO_MODEL_KWARGS) and batch (2), other models their zoo defaults and batches of 4
 (BatchNorm models need them). --lr, --batch, --scale-range and --model-opt vary the recipe for
-ablations, --label names the row. To compare two models "for the same wall time" on a 2-core
-machine, run both at once with --threads 1 each, or one after the other with --threads 2 on an
-otherwise idle machine. `--write` adds or replaces this row (by its name) in the
+ablations, --label names the row. --val-every N also validates every N epochs during training
+and prints the learning curve (validation time does not count against the budget). To compare
+two models "for the same wall time" on a 2-core machine, run both at once with --threads 1
+each, or one after the other with --threads 2 on an otherwise idle machine. `--write` adds or
+replaces this row (by its name) in the
 "## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
 """
 
@@ -59,6 +61,9 @@ def main() -> None:
     parser.add_argument(
         "--model-opt", action="append", default=[], type=model_option, metavar="KEY=VALUE"
     )
+    parser.add_argument(
+        "--val-every", type=int, help="also validate every N epochs and print the AP curve"
+    )
     parser.add_argument("--label", help="the row's name (default: the model's name)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/time_budget/MODEL)")
     parser.add_argument("--write", action="store_true", help=f"write to '{SECTION}'")
@@ -82,8 +87,10 @@ def main() -> None:
         lr=args.lr,
         warmup_steps=DEMO_WARMUP_STEPS,
         scale_range=tuple(args.scale_range),
-        val_every=1_000_000,
+        val_every=args.val_every or 1_000_000,
     )
+    if args.val_every:
+        print_val_curve(out / "metrics.jsonl")
     metrics = model.val(config, workers=1).metrics
     row = {
         "model": args.label or args.model,
@@ -99,6 +106,18 @@ def main() -> None:
     if args.write:
         write_row(row)
         print(f"updated {RESULTS}")
+
+
+def print_val_curve(metrics_path: Path) -> None:
+    """One line per validation during training: epoch, step, minutes elapsed, mask AP."""
+    print("| epoch | step | minutes | mask AP |\n|---:|---:|---:|---:|")
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "epoch" and "val" in record:
+            print(
+                f"| {record['epoch']} | {record['step']} | {record['elapsed_s'] / 60:.1f} | "
+                f"{record['val']['segm']['AP']:.3f} |"
+            )
 
 
 def format_row(row: dict) -> str:
