@@ -10,11 +10,11 @@ generated under runs/synth unless it is there. Each model trains with the demo's
 options (DEMO_MODEL_KWARGS) and batch (2), other models their zoo defaults and batches of 4
 (BatchNorm models need them). --lr, --batch, --scale-range and --model-opt vary the recipe for
 ablations, --label names the row. --val-every N also validates every N epochs during training
-and prints the learning curve (validation time does not count against the budget). To compare
-two models "for the same wall time" on a 2-core machine, run both at once with --threads 1
-each, or one after the other with --threads 2 on an otherwise idle machine. `--write` adds or
-replaces this row (by its name) in the
-"## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
+and prints the learning curve (validation time does not count against the budget); the row
+then scores the best of the validated checkpoints. To compare two models "for the same wall
+time" on a 2-core machine, run both at once with --threads 1 each, or one after the other with
+--threads 2 on an otherwise idle machine. `--write` adds or replaces this row (by its name) in
+the "## Synthetic AP after a time budget" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
