@@ -40,6 +40,7 @@ from instaseg.demo import (
     DEMO_SCALE_RANGE,
     DEMO_WARMUP_STEPS,
 )
+from instaseg.engine import read_metrics
 from instaseg.models.zoo import MODELS
 
 SECTION = "## Synthetic AP after a time budget"
@@ -111,8 +112,7 @@ def main() -> None:
 def print_val_curve(metrics_path: Path) -> None:
     """One line per validation during training: epoch, step, minutes elapsed, mask AP."""
     print("| epoch | step | minutes | mask AP |\n|---:|---:|---:|---:|")
-    for line in metrics_path.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_metrics(metrics_path):
         if record.get("kind") == "epoch" and "val" in record:
             print(
                 f"| {record['epoch']} | {record['step']} | {record['elapsed_s'] / 60:.1f} | "
