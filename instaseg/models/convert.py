@@ -39,6 +39,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from instaseg.models.state_dict import preview
+
 MODEL_NAME = "mask_rcnn_r50_fpn_torchvision"
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # GeneralizedRCNNTransform's defaults, 0..1 units
 TORCHVISION_STD = (0.229, 0.224, 0.225)
@@ -135,10 +137,7 @@ def convert_torchvision_maskrcnn(state_dict: Mapping[str, Tensor]) -> dict[str, 
         hint = ""
         if any(key.startswith("module.") for key in unknown):
             hint = "; the keys carry a 'module.' prefix (a DataParallel checkpoint): strip it"
-        preview = ", ".join(unknown[:5]) + (
-            f", ... ({len(unknown)} in all)" if len(unknown) > 5 else ""
-        )
-        raise ValueError(f"keys with no Mask R-CNN counterpart: {preview}{hint}")
+        raise ValueError(f"keys with no Mask R-CNN counterpart: {preview(unknown)}{hint}")
     _check_classes(converted)
     # torchvision normalises 0..1 images with ImageNet statistics; ours takes 0..255 units
     converted["pixel_mean"] = torch.tensor(TORCHVISION_MEAN) * 255
